@@ -1,0 +1,28 @@
+# reflowma workflow: teacher -> couplings -> reflow students over an ablation grid -> evaluation.
+#   snakemake --cores 2                                  (default: preset toy, grid toy)
+#   snakemake --cores 2 --config preset=smoke grid=smoke
+#   snakemake --profile workflow/profiles/slurm --config preset=cluster grid=paper
+# Params and grids are validated at parse time (workflow/schemas/): nothing is submitted
+# when one is wrong.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params/config.yaml"
+
+
+validate(config, "workflow/schemas/workflow.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/couplings.smk"
+include: "workflow/rules/reflow.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_evaluations(),
+    default_target: True

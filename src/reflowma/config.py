@@ -1,0 +1,241 @@
+"""Params: defaults per stage, named presets, ``key=value`` overrides, schema validation.
+
+A stage's config is ``defaults/common.yaml + defaults/<stage>.yaml``, overlaid by the preset's
+top-level shared fields (``seed``, ``device``, ``data``), then the preset's ``<stage>`` section,
+then dotted overrides (``train.steps=100``). The result is validated against
+``schemas/params.schema.yaml`` before any work starts; a violation raises ``ConfigError`` with
+one line naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+STAGES = ("teacher", "couplings", "reflow", "evaluate")
+SHARED = ("seed", "device", "data")
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A params problem; ``str(err)`` is one line naming the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def repo_root() -> Path:
+    env = os.environ.get("REFLOWMA_ROOT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2]
+
+
+def params_dir() -> Path:
+    return repo_root() / "params"
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("params", f"file {str(path)!r} does not exist")
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("params", f"{str(path)!r} is not valid YAML: {e}") from None
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ConfigError("params", f"{str(path)!r} must hold a mapping, got {type(obj).__name__}")
+    return obj
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``a.b=value`` -> (['a', 'b'], yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError("override", f"{text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError("override", f"{text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(cfg: dict, overrides, where: str = "") -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        path, value = item if isinstance(item, tuple) else parse_override(item)
+        node = cfg
+        for i, p in enumerate(path[:-1]):
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                if nxt is None and p not in node:
+                    nxt = node[p] = {}
+                else:
+                    field = ".".join([where, *path[: i + 1]]).strip(".")
+                    raise ConfigError(field, f"is not a mapping, cannot set {'.'.join(path)}")
+            node = nxt
+        node[path[-1]] = value
+    return cfg
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+@lru_cache(maxsize=None)
+def _validator(stage: str):
+    from jsonschema import Draft202012Validator
+
+    s = schema()
+    return Draft202012Validator({"$ref": f"#/$defs/{stage}", "$defs": s["$defs"]})
+
+
+def _describe(err, stage: str) -> ConfigError:
+    field = ".".join([stage, *[str(p) for p in err.absolute_path]])
+    kw, inst, sch = err.validator, err.instance, err.schema
+    if kw == "additionalProperties":
+        extra = sorted(set(inst) - set(sch.get("properties", {})))
+        allowed = ", ".join(sorted(sch.get("properties", {})))
+        return ConfigError(f"{field}.{extra[0]}" if extra else field,
+                           f"unknown key; allowed keys here: {allowed}")
+    if kw == "enum":
+        return ConfigError(field, f"{inst!r} is not allowed; allowed: "
+                           f"{', '.join(map(str, sch['enum']))}")
+    if kw == "type":
+        want = sch["type"] if isinstance(sch["type"], str) else " or ".join(sch["type"])
+        return ConfigError(field, f"{inst!r} has the wrong type ({type(inst).__name__}); "
+                           f"expected {want}")
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
+              "exclusiveMaximum": "<"}
+    if kw in bounds:
+        return ConfigError(field, f"{inst!r} is out of range; must be {bounds[kw]} {sch[kw]}")
+    if kw == "required":
+        return ConfigError(field, err.message)
+    if kw == "minItems":
+        return ConfigError(field, f"{inst!r} has too few items; needs at least {sch['minItems']}")
+    if kw == "oneOf":
+        return ConfigError(field, f"{inst!r} is not allowed; {sch.get('description', '')}")
+    return ConfigError(field, f"{inst!r}: {err.message}")
+
+
+def validate(stage: str, cfg: dict) -> dict:
+    """Schema check plus the checks a schema cannot express; returns cfg."""
+    if stage not in STAGES:
+        raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
+    errors = list(_validator(stage).iter_errors(cfg))
+    if errors:
+        from jsonschema.exceptions import best_match
+
+        raise _describe(best_match(errors), stage)
+    data = cfg["data"]
+    if data["name"] == "file":
+        path = data.get("path")
+        if not path:
+            raise ConfigError(f"{stage}.data.path", "is required when data.name is 'file'")
+        if not Path(path).is_file():
+            raise ConfigError(f"{stage}.data.path", f"file {path!r} does not exist")
+        if Path(path).suffix.lower() not in (".npy", ".csv", ".h5", ".hdf5"):
+            raise ConfigError(f"{stage}.data.path", f"{path!r}: allowed suffixes .npy, .csv, .h5")
+    if stage == "reflow":
+        reg, K = cfg["regularizer"], cfg["K"]
+        if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
+            raise ConfigError("reflow.regularizer.windows",
+                              f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
+    if stage == "evaluate" and cfg["audit"]["enabled"] and cfg["data"]["name"] == "digits":
+        pass  # the audit falls back to Hutchinson divergence above audit.max_dim
+    return cfg
+
+
+def check_preset(preset: dict, where: str = "preset") -> None:
+    allowed = set(SHARED) | set(STAGES) | {"resources"}
+    for key in preset:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}", f"unknown key; allowed keys here: "
+                              f"{', '.join(sorted(allowed))}")
+    for key in STAGES:
+        if key in preset and not isinstance(preset[key], dict):
+            raise ConfigError(f"{where}.{key}", f"must be a mapping, got {preset[key]!r}")
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    cand = params_dir() / "presets" / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        names = sorted(q.stem for q in (params_dir() / "presets").glob("*.yaml"))
+        raise ConfigError("preset", f"{str(name_or_path)!r} is not a preset; allowed: "
+                          f"{', '.join(names)} or a path to a YAML file")
+    return cand
+
+
+def defaults(stage: str) -> dict:
+    d = params_dir() / "defaults"
+    return deep_merge(load_yaml(d / "common.yaml"), load_yaml(d / f"{stage}.yaml"))
+
+
+def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=()) -> dict:
+    """Validated config of one stage (see the module docstring for the layering)."""
+    if stage not in STAGES:
+        raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
+    cfg = defaults(stage)
+    if preset is not None:
+        p = preset if isinstance(preset, dict) else load_yaml(preset_path(preset))
+        check_preset(p)
+        cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
+        cfg = deep_merge(cfg, p.get(stage) or {})
+    cfg = apply_overrides(cfg, overrides, where=stage)
+    return validate(stage, cfg)
+
+
+def field_docs(stage: str) -> list[tuple[str, str, object]]:
+    """(dotted field, description, default) for every field of a stage, for ``--help``."""
+    s = schema()["$defs"]
+    dflt = defaults(stage)
+
+    def resolve(node):
+        while "$ref" in node:
+            ref = node["$ref"].split("/")[2:]
+            base = s
+            for r in ref:
+                base = base[r]
+            node = {**base, **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    rows = []
+
+    def walk(node, prefix, dvals):
+        node = resolve(node)
+        props = node.get("properties")
+        if props and node.get("type") == "object":
+            for k, sub in props.items():
+                walk(sub, f"{prefix}.{k}" if prefix else k,
+                     dvals.get(k) if isinstance(dvals, dict) else None)
+            return
+        desc = node.get("description", "")
+        if "enum" in node:
+            desc += f" [{'|'.join(map(str, node['enum']))}]"
+        rows.append((prefix, desc, dvals))
+
+    walk(s[stage], "", dflt)
+    return rows

@@ -1,0 +1,155 @@
+"""Ablation grids and the plan of the Snakemake workflow (pure, apart from writing configs).
+
+A grid (params/grids/*.yaml) lists datasets, seeds and axes (dotted reflow fields -> values);
+its points are the Cartesian product minus ``exclude``. A point is named in paths as
+``alias~value`` segments in axis order (``K~2/lam~0.1/logdet~exact/ws~1.0``). Every point's
+reflow config is validated before any job starts. ``write_configs`` writes each job's fully
+resolved stage config only when its content changes, so Snakemake reruns exactly the jobs whose
+config changed (the resolved config file is the job's input).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from . import config
+
+ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
+           "window_start_weight": "ws", "regularizer.eps": "eps",
+           "regularizer.warm_start": "warm", "loss.name": "loss", "time_sampler.name": "tsamp"}
+RULES = ("teacher", "couplings", "reflow", "evaluate", "report")
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Point:
+    dataset: str
+    seed: int
+    fields: tuple  # ((dotted field, value), ...) in axis order
+    name: str = field(compare=False)
+
+    @property
+    def K(self) -> int:
+        return int(dict(self.fields).get("K", 1))
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(yaml.safe_load((config.SCHEMA_PATH.parent
+                                                / f"{name}.schema.yaml").read_text()))
+
+
+def check_schema(name: str, obj, where: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    err = best_match(_validator(name).iter_errors(obj))
+    if err is not None:
+        raise config._describe(err, where)
+
+
+def grid_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    cand = config.params_dir() / "grids" / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        names = sorted(q.stem for q in (config.params_dir() / "grids").glob("*.yaml"))
+        raise config.ConfigError("grid", f"{name_or_path!r} is not a grid; allowed: "
+                                 f"{', '.join(names)} or a path to a YAML file")
+    return cand
+
+
+def load_grid(name_or_path: str) -> dict:
+    g = config.load_yaml(grid_path(name_or_path))
+    check_schema("grid", g, "grid")
+    return g
+
+
+def expand(grid: dict) -> list[Point]:
+    axes = list(grid["axes"].items())
+    excl = grid.get("exclude", [])
+    points = []
+    for dataset in grid["datasets"]:
+        for seed in grid["seeds"]:
+            for values in itertools.product(*[v for _, v in axes]):
+                fields = tuple((k, v) for (k, _), v in zip(axes, values, strict=True))
+                d = dict(fields)
+                if any(all(d.get(k) == v for k, v in e.items()) for e in excl):
+                    continue
+                name = "/".join(f"{ALIASES.get(k, k)}~{fmt(v)}" for k, v in fields)
+                points.append(Point(dataset, int(seed), fields, name))
+    if not points:
+        raise config.ConfigError("grid.exclude", "excludes every point: the grid is empty")
+    return points
+
+
+def load_preset(name_or_path: str) -> dict:
+    p = config.load_yaml(config.preset_path(name_or_path))
+    res = p.pop("resources", {}) or {}
+    check_schema("resources", res, "preset.resources")
+    config.check_preset(p)
+    return {"stages": p, "resources": res}
+
+
+def _shared(dataset: str, seed: int) -> list:
+    return [(["data", "name"], dataset), (["seed"], seed)]
+
+
+def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
+    """Validated config of every job: {(stage, key): cfg}; key = (dataset, seed[, point])."""
+    p = preset["stages"]
+    out = {}
+    Ks = sorted({pt.K for pt in points})
+    for dataset in grid["datasets"]:
+        for seed in grid["seeds"]:
+            base = _shared(dataset, seed)
+            out[("teacher", (dataset, seed))] = config.stage_config("teacher", p, base)
+            cp = config.stage_config("couplings", p, base)
+            cp = config.stage_config("couplings", p, base + [(["windows"], sorted(
+                set(cp["windows"]) | set(Ks)))])
+            out[("couplings", (dataset, seed))] = cp
+            out[("evaluate", (dataset, seed))] = config.stage_config("evaluate", p, base)
+    for pt in points:
+        ov = _shared(pt.dataset, pt.seed) + [(k.split("."), v) for k, v in pt.fields]
+        try:
+            cfg = config.stage_config("reflow", p, ov)
+        except config.ConfigError as e:
+            raise config.ConfigError(e.field, f"{str(e).split(': ', 1)[1]} (grid point "
+                                     f"{pt.dataset}/seed~{pt.seed}/{pt.name})") from None
+        out[("reflow", (pt.dataset, pt.seed, pt.name))] = cfg
+    return out
+
+
+def as_preset(stage: str, cfg: dict) -> dict:
+    """A resolved stage config in preset form (shared fields at the top)."""
+    top = {k: cfg[k] for k in config.SHARED}
+    return {**top, stage: {k: v for k, v in cfg.items() if k not in config.SHARED}}
+
+
+def write_if_changed(path: Path, obj) -> bool:
+    from .storage.atomic import atomic_path
+
+    text = "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
+        obj, sort_keys=True)
+    if path.is_file() and path.read_text() == text:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True
+
+
+def rule_resources(preset: dict, rule: str) -> dict:
+    res = preset["resources"]
+    return {**res.get("default", {}), **res.get(rule, {})}

@@ -1,0 +1,33 @@
+"""Helpers shared by the stages: loading models back from their files."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .. import nets
+from ..storage import checkpoint
+from ..storage.atomic import sha256
+
+
+def load_model(path, kind: str, device=torch.device("cpu")):
+    """(model in eval mode with frozen weights, meta, sha256) from a model file."""
+    obj = checkpoint.load_model_file(path, kind)
+    meta = obj["meta"]
+    model = nets.build(tuple(meta["data_shape"]), meta["net"])
+    checkpoint.load_weights(model, obj["model"], path)
+    model.eval().requires_grad_(False)
+    return model.to(device), meta, sha256(path)
+
+
+def data_key(data_cfg: dict) -> str:
+    """Canonical string of a data config (recorded in files, compared on load)."""
+    return json.dumps({k: data_cfg[k] for k in sorted(data_cfg) if data_cfg[k] is not None},
+                      sort_keys=True)
+
+
+def check_same_data(where: str, cfg_data: dict, recorded: str, source) -> None:
+    if data_key(cfg_data) != recorded:
+        raise ValueError(f"{where}.data: {data_key(cfg_data)} does not match {recorded} "
+                         f"recorded in {str(source)!r}")

@@ -1,0 +1,82 @@
+"""Evaluation stage: few-step NFE sweep of a student against the teacher and the data.
+
+Per NFE (Euler, window-aware for piecewise students): W2 paired with the teacher on the same z
+(the teacher endpoint stored in the couplings), exact empirical W2 against data (POT), MMD
+against data and against the teacher, the fraction of folded points of the sampler map
+(``None`` above ``fold_max_dim``), straightness. The teacher is evaluated at the same NFEs
+(Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .. import data, losses, metrics, solvers
+from ..seeding import generator
+from ..storage.atomic import write_json
+from ..storage.couplings import Couplings
+from .common import check_same_data, load_model
+from .reflow import load_ends
+
+log = logging.getLogger(__name__)
+
+
+def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None) -> dict:
+    bw = cfg["mmd_bandwidths"]
+    out = {"w2_paired_teacher": metrics.w2_paired(y, ref_teacher),
+           "w2_data": metrics.w2_unpaired(y, ref_data),
+           "mmd_data": metrics.mmd(y, ref_data, bw),
+           "mmd_teacher": metrics.mmd(y, ref_teacher, bw)}
+    if sampler is not None:
+        out["fold_fraction"] = metrics.fold_fraction(sampler, z, cfg["fold_max_dim"])
+        out["straightness"] = metrics.straightness(v, z, grid)
+    return out
+
+
+def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict:
+    student, smeta, ssha = load_model(student_path, "student")
+    teacher, tmeta, tsha = load_model(teacher_path, "teacher")
+    check_same_data("evaluate", cfg["data"], tmeta["data"], teacher_path)
+    if smeta["teacher_sha256"] != tsha:
+        raise ValueError(f"student {str(student_path)!r} was distilled from another teacher "
+                         f"than {str(teacher_path)!r}")
+    C = Couplings(couplings_path, {"teacher_sha256": tsha})
+    K = int(smeta["K"])
+    n = min(cfg["n_samples"], C.counts["test"])
+    test = torch.from_numpy(C.states("test", n=n))
+    z, x_teacher = test[:, 0], test[:, -1]
+    x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
+    log.info("evaluate: K=%d student, %d samples, NFE %s", K, n, cfg["nfe"])
+
+    res = {"K": K, "n_samples": n, "student_sha256": ssha, "teacher_sha256": tsha,
+           "nfe": {}, "teacher_euler": {}}
+    for nfe in cfg["nfe"]:
+        grid = solvers.sample_grid(nfe, K)
+        samp = partial(_map, student, grid)
+        y = samp(z)
+        res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student, grid)
+        yt = solvers.euler_sample(teacher, z, solvers.sample_grid(nfe, 1))
+        res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg)
+        log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
+                 res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
+    ceiling = solvers.solve(teacher, z, [0.0, 1.0], cfg["teacher_steps"],
+                            cfg["teacher_solver"])[-1]
+    res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
+                              **sample_metrics(ceiling, z, x_teacher, x_data, cfg)}
+    res["data_floor"] = {"w2_data": metrics.w2_unpaired(
+        data.load(cfg["data"], n, generator(cfg["seed"], "eval-data-2")), x_data)}
+    test_ends = load_ends(C, "test", K)
+    res["heldout_tm_loss"] = losses.heldout_tm_loss(student, test_ends, K,
+                                                    generator(cfg["seed"], "heldout"))
+    write_json(out_path, res)
+    log.info("evaluate: wrote %s", out_path)
+    return res
+
+
+def _map(v, grid, z):
+    """The few-step sampler as a function of z (differentiable, for the fold fraction)."""
+    return solvers.euler_sample(v, z, grid, grad=torch.is_grad_enabled())

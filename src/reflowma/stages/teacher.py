@@ -1,0 +1,63 @@
+"""Teacher stage: flow matching on the data, ``x_t = (1 - t) z + t x``, target ``x - z``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .. import data, interpolant, losses, nets, time_samplers
+from ..seeding import derive, device, fingerprint, generator
+from ..storage.atomic import write_json
+from ..storage.checkpoint import save_model
+from ..train import fit
+from .common import data_key
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: dict, out_dir, on_log=None) -> dict:
+    """Train a teacher; writes ``teacher.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = device(cfg["device"])
+    shape = data.data_shape(cfg["data"])
+    torch.manual_seed(derive(cfg["seed"], "teacher-init"))
+    model = nets.build(shape, cfg["net"]).to(dev)
+    g = generator(cfg["seed"], "teacher-train")
+    ts = cfg["time_sampler"]
+    sample_t = time_samplers.get(ts["name"])
+    bs = cfg["train"]["batch_size"]
+
+    def loss_fn(m, step, gen):
+        x = data.load(cfg["data"], bs, gen)
+        z = torch.randn(x.shape, generator=gen)
+        t = sample_t(bs, gen, **ts)
+        x, z, t = x.to(dev), z.to(dev), t.to(dev)
+        return losses.tm_loss(m, interpolant.interpolate(z, x, t), t, x - z), {}
+
+    log.info("teacher: %s, data shape %s, %d steps", cfg["data"]["name"], shape,
+             cfg["train"]["steps"])
+    t0 = time.perf_counter()
+    fp = fingerprint(cfg, list(shape))
+    ema, history = fit(model, loss_fn, cfg["train"], g, out / "state.pt", fp, "teacher", on_log)
+    seconds = time.perf_counter() - t0
+
+    ge = generator(cfg["seed"], "teacher-eval")
+    x = data.load(cfg["data"], 4096, ge)
+    z = torch.randn(x.shape, generator=ge)
+    t = torch.rand(x.shape[0], generator=ge)
+    with torch.no_grad():
+        eval_loss = float(losses.tm_loss(ema.cpu(), interpolant.interpolate(z, x, t), t, x - z))
+    meta = {"net": cfg["net"], "data_shape": list(shape), "data": data_key(cfg["data"]),
+            "seed": cfg["seed"], "fingerprint": fp}
+    sha = save_model(out / "teacher.pt", "teacher", ema.state_dict(), meta)
+    (out / "state.pt").unlink(missing_ok=True)
+    metrics = {"final_loss": history[-1]["loss"] if history else None,
+               "eval_fm_loss": eval_loss, "steps": cfg["train"]["steps"],
+               "seconds": seconds, "sha256": sha}
+    write_json(out / "metrics.json", {"metrics": metrics, "history": history})
+    log.info("teacher: eval FM loss %.4f, wrote %s", eval_loss, out / "teacher.pt")
+    return metrics

@@ -1,0 +1,1 @@
+"""Storage: atomic files, checkpoints and HDF5 couplings."""

@@ -1,0 +1,61 @@
+"""Checkpoints: atomic writes, ``torch.load(weights_only=True)``, identity checks on load.
+
+A model file holds ``{"kind", "model" (state dict), "meta"}``; ``meta`` has the net config and
+data shape so that a file from another architecture or stage is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_path, sha256
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save(path: str | Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt zip, foreign pickle, ...
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable or corrupt: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a reflowma checkpoint")
+    return obj
+
+
+def load_model_file(path: str | Path, kind: str) -> dict:
+    """A model file written by ``save_model``; checks its kind (``teacher``/``student``)."""
+    obj = load(path)
+    if obj.get("kind") != kind or "model" not in obj or "meta" not in obj:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a {kind} model file "
+                              f"(kind={obj.get('kind')!r})")
+    return obj
+
+
+def save_model(path: str | Path, kind: str, state_dict: dict, meta: dict) -> str:
+    """Write a model file atomically; returns its sha256."""
+    save(path, {"kind": kind, "model": state_dict, "meta": meta})
+    return sha256(path)
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """``load_state_dict`` with a readable message on an architecture mismatch."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the configured network "
+                              f"(different architecture): {' '.join(first[:3])[:300]}") from None

@@ -1,0 +1,1 @@
+"""Closed-form theory checks (Gaussian counterexamples) for reflow with marginal alignment."""

@@ -1,0 +1,138 @@
+"""One training loop for teacher and students.
+
+Adam, linear warm-up then cosine or constant LR, EMA of the weights, global grad-norm clipping,
+a guard that stops on a non-finite loss, a progress bar, periodic resume checkpoints (atomic),
+and preemption handling: SIGTERM/SIGINT make the loop save its state at the next step boundary
+and raise ``Interrupted``. A rerun with the same fingerprint resumes from that state and ends
+bit-identical (on CPU) to an uninterrupted run: model, optimizer, EMA, generator and history
+are all restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .storage import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(RuntimeError):
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; "
+                         "state saved, rerun to resume")
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def lr_factor(step: int, cfg: dict) -> float:
+    warm = cfg["warmup_steps"]
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg["lr_schedule"] == "constant":
+        return 1.0
+    span = max(1, cfg["steps"] - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+
+
+class _Signals:
+    """Turn SIGTERM/SIGINT into a flag checked at step boundaries."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
+        state_path: str | Path, fingerprint: str, desc: str = "train", on_log=None):
+    """Train ``model`` in place; return ``(ema_model, history)``.
+
+    ``loss_fn(model, step, generator) -> (loss, extras)``; ``extras`` is a dict of floats that
+    is logged every ``log_every`` steps with the loss and learning rate.
+    """
+    state_path = Path(state_path)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    ema = copy.deepcopy(model).requires_grad_(False)
+    history: list[dict] = []
+    start = 0
+    if state_path.exists():
+        st = checkpoint.load(state_path)
+        if st.get("fingerprint") == fingerprint:
+            model.load_state_dict(st["model"])
+            ema.load_state_dict(st["ema"])
+            opt.load_state_dict(st["optimizer"])
+            generator.set_state(st["generator"])
+            history, start = list(st["history"]), int(st["step"])
+            log.info("resuming %s from step %d (%s)", desc, start, state_path)
+        else:
+            log.warning("ignoring %s: made with another config", state_path)
+
+    def save_state(step):
+        checkpoint.save(state_path, {
+            "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+            "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "generator": generator.get_state(), "history": history})
+
+    decay = cfg["ema_decay"]
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
+               mininterval=1.0, dynamic_ncols=True)
+    with _Signals() as sig:
+        for step in bar:
+            if sig.received is not None:
+                save_state(step)
+                bar.close()
+                raise Interrupted(sig.received, step)
+            for g in opt.param_groups:
+                g["lr"] = cfg["lr"] * lr_factor(step, cfg)
+            loss, extras = loss_fn(model, step, generator)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLoss(f"{desc}: non-finite loss {loss.item()} at step {step} "
+                                    f"(lr={opt.param_groups[0]['lr']:.3g}); nothing was promoted")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+            if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
+                row = {"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                       **{k: float(v) for k, v in extras.items()}}
+                history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                if on_log:
+                    on_log(row)
+            if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["steps"]:
+                save_state(step + 1)
+    bar.close()
+    log.info("%s: %d steps in %.1f s", desc, cfg["steps"] - start, time.perf_counter() - t0)
+    return ema, history

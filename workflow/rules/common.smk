@@ -1,0 +1,51 @@
+# Helpers shared by the rules: the plan (grid points, resolved configs, paths, resources).
+import sys
+from pathlib import Path
+
+from reflowma import config as rcfg
+from reflowma import grid as rgrid
+
+PY = sys.executable
+PRESET_NAME = Path(str(config["preset"])).stem
+RESULTS = f"{config['results']}/{PRESET_NAME}"
+
+try:
+    PRESET = rgrid.load_preset(config["preset"])
+    GRID = rgrid.load_grid(config["grid"])
+    POINTS = rgrid.expand(GRID)
+    CONFIGS = rgrid.stage_configs(PRESET, GRID, POINTS)
+except rcfg.ConfigError as e:
+    raise WorkflowError(f"invalid params: {e}") from None
+
+
+def _cfg_path(stage, key):
+    if stage == "reflow":
+        dataset, seed, name = key
+        return f"{RESULTS}/configs/reflow/{dataset}/seed~{seed}/{name}.yaml"
+    dataset, seed = key
+    return f"{RESULTS}/configs/{stage}/{dataset}/seed~{seed}.yaml"
+
+
+# Resolved per-job configs, rewritten only when their content changes: they are the jobs'
+# inputs, so an edit of the preset or grid reruns exactly the jobs it affects.
+for (_stage, _key), _cfg in CONFIGS.items():
+    rgrid.write_if_changed(Path(_cfg_path(_stage, _key)), rgrid.as_preset(_stage, _cfg))
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+",
+    seed=r"\d+",
+    point=r"[^/~]+~[^/~]+(/[^/~]+~[^/~]+)*",
+
+
+def res(rule_name, key, default=None):
+    """A resource of a rule from the preset's `resources` section (default section first)."""
+    return rgrid.rule_resources(PRESET, rule_name).get(key, default)
+
+
+def slurm_resources(rule_name):
+    r = rgrid.rule_resources(PRESET, rule_name)
+    return {k: v for k, v in r.items() if k != "threads"}
+
+
+def all_evaluations():
+    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS]

@@ -1,0 +1,15 @@
+rule couplings:
+    """Teacher ODE z -> x with the window-end states of every K in the grid (HDF5)."""
+    input:
+        params=f"{RESULTS}/configs/couplings/{{dataset}}/seed~{{seed}}.yaml",
+        teacher=rules.teacher.output.model,
+    output:
+        f"{RESULTS}/couplings/{{dataset}}/seed~{{seed}}.h5",
+    log:
+        f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
+    threads: res("couplings", "threads", 1)
+    resources:
+        **slurm_resources("couplings"),
+    shell:
+        "{PY} -m reflowma couplings --params {input.params} --teacher {input.teacher}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,17 @@
+rule evaluate:
+    """Few-step NFE sweep of one student against the teacher and the data."""
+    input:
+        params=f"{RESULTS}/configs/evaluate/{{dataset}}/seed~{{seed}}.yaml",
+        student=rules.reflow.output.model,
+        teacher=rules.teacher.output.model,
+        couplings=rules.couplings.output[0],
+    output:
+        f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
+    log:
+        f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
+    threads: res("evaluate", "threads", 1)
+    resources:
+        **slurm_resources("evaluate"),
+    shell:
+        "{PY} -m reflowma evaluate --params {input.params} --student {input.student}"
+        " --teacher {input.teacher} --couplings {input.couplings} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+rule reflow:
+    """A reflow student at one grid point (vanilla or piecewise, +/- window-start term and
+    marginal-alignment regularizer)."""
+    input:
+        params=f"{RESULTS}/configs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.yaml",
+        teacher=rules.teacher.output.model,
+        couplings=rules.couplings.output[0],
+    output:
+        model=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/student.pt",
+        metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
+    params:
+        out=lambda wc, output: str(Path(output.model).parent),
+    threads: res("reflow", "threads", 1)
+    resources:
+        **slurm_resources("reflow"),
+    shell:
+        "{PY} -m reflowma reflow --params {input.params} --couplings {input.couplings}"
+        " --teacher {input.teacher} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,16 @@
+rule teacher:
+    """Flow-matching teacher, one per dataset and seed."""
+    input:
+        params=f"{RESULTS}/configs/teacher/{{dataset}}/seed~{{seed}}.yaml",
+    output:
+        model=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/teacher.pt",
+        metrics=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
+    params:
+        out=lambda wc, output: str(Path(output.model).parent),
+    threads: res("teacher", "threads", 1)
+    resources:
+        **slurm_resources("teacher"),
+    shell:
+        "{PY} -m reflowma teacher --params {input.params} --out {params.out} > {log} 2>&1"
