@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from . import config
 
@@ -36,7 +38,7 @@ def _fields_epilog(stage: str) -> str:
     except Exception as e:  # noqa: BLE001 - help must still print
         return f"(fields unavailable: {e})"
     w = max(len(r[0]) for r in rows)
-    lines = [f"fields (set in the params file, or as key=value; default in brackets):"]
+    lines = ["fields (set in the params file, or as key=value; default in brackets):"]
     for name, desc, dflt in rows:
         lines.append(f"  {name:<{w}}  {desc} [default: {dflt!r}]")
     return "\n".join(lines)
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, h in STAGE_INPUTS[stage]:
             sp.add_argument(flag, required=True, help=h)
         sp.add_argument("--out", required=True, help=STAGE_OUT[stage])
+        sp.add_argument("--runs", default=os.environ.get("REFLOWMA_RUNS"),
+                        help="record the job as a Sacred run in this folder "
+                        "[$REFLOWMA_RUNS; none: not recorded]")
+        sp.add_argument("--job", default=None,
+                        help="job name stored in the run record (the workflow passes the "
+                        "grid point) [stage:out]")
         sp.add_argument("--print-config", action="store_true",
                         help="print the validated config as YAML and exit")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
@@ -82,13 +90,26 @@ def _run_stage(args) -> dict:
 
         print(yaml.safe_dump(cfg, sort_keys=False))
         return {}
+    out = Path(args.out)
     if args.stage == "teacher":
-        return teacher.run(cfg, args.out)
-    if args.stage == "couplings":
-        return couplings.run(cfg, args.teacher, args.out)
-    if args.stage == "reflow":
-        return reflow.run(cfg, args.couplings, args.teacher, args.out)
-    return evaluate.run(cfg, args.student, args.teacher, args.couplings, args.out)
+        fn, attach = (lambda c, log: teacher.run(c, out, log)), [out / "metrics.json"]
+    elif args.stage == "couplings":
+        fn, attach = (lambda c, log: couplings.run(c, args.teacher, out)), []
+    elif args.stage == "reflow":
+        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log)  # noqa: E731
+        attach = [out / "metrics.json"]
+    else:
+        fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
+                                         args.couplings, out)
+        attach = [out]
+    if not args.runs:
+        return fn(cfg, None)
+    from .tracking import recorded
+
+    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
+              if getattr(args, k, None)}
+    return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
+                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:]})
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from reflowma import grid as rgrid
 PY = sys.executable
 PRESET_NAME = Path(str(config["preset"])).stem
 RESULTS = f"{config['results']}/{PRESET_NAME}"
+RUNS = f"{RESULTS}/runs"  # Sacred FileStorageObserver records, one per job
 
 try:
     PRESET = rgrid.load_preset(config["preset"])

@@ -12,4 +12,5 @@ rule couplings:
         **slurm_resources("couplings"),
     shell:
         "{PY} -m reflowma couplings --params {input.params} --teacher {input.teacher}"
-        " --out {output} > {log} 2>&1"
+        " --out {output}"
+        " --runs {RUNS} --job couplings/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"

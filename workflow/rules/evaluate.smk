@@ -14,4 +14,5 @@ rule evaluate:
         **slurm_resources("evaluate"),
     shell:
         "{PY} -m reflowma evaluate --params {input.params} --student {input.student}"
-        " --teacher {input.teacher} --couplings {input.couplings} --out {output} > {log} 2>&1"
+        " --teacher {input.teacher} --couplings {input.couplings} --out {output}"
+        " --runs {RUNS} --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point} > {log} 2>&1"

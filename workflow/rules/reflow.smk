@@ -17,4 +17,5 @@ rule reflow:
         **slurm_resources("reflow"),
     shell:
         "{PY} -m reflowma reflow --params {input.params} --couplings {input.couplings}"
-        " --teacher {input.teacher} --out {params.out} > {log} 2>&1"
+        " --teacher {input.teacher} --out {params.out}"
+        " --runs {RUNS} --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point} > {log} 2>&1"

@@ -13,4 +13,5 @@ rule teacher:
     resources:
         **slurm_resources("teacher"),
     shell:
-        "{PY} -m reflowma teacher --params {input.params} --out {params.out} > {log} 2>&1"
+        "{PY} -m reflowma teacher --params {input.params} --out {params.out}"
+        " --runs {RUNS} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,87 @@
+"""Sacred wrapper: one run record per job.
+
+``recorded(stage, cfg, fn, runs_dir, job)`` runs ``fn(cfg, on_log)`` inside a Sacred experiment
+with a ``FileStorageObserver`` under ``runs_dir`` (Sacred's incremental ids, with its retry on
+collision, keep concurrent jobs apart; ``job`` — the grid point — is stored in the run's info so
+readers pick the latest completed run per job). The config is the validated params (its
+``seed`` is Sacred's seed), training rows are logged as metrics with their step, the returned
+metrics are the run's result, and ``attach`` files become artifacts. Failures are recorded as
+FAILED with the traceback; SIGTERM/SIGINT as INTERRUPTED. Host, git commit and dirty flag and
+package versions are Sacred's own records.
+
+Set ``REFLOWMA_MONGO_URL`` (and optionally ``REFLOWMA_MONGO_DB``) to also record to MongoDB
+(for Omniboard; needs ``pip install pymongo``). Nothing needs a server by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .train import Interrupted
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None):
+    """Run ``fn(cfg, on_log) -> metrics`` as one Sacred run; returns the metrics."""
+    from sacred import SETTINGS, Experiment
+    from sacred.observers import FileStorageObserver
+    from sacred.utils import SacredInterrupt
+
+    SETTINGS.CAPTURE_MODE = "sys"
+    SETTINGS.DISCOVER_SOURCES = "dir"
+
+    class _Interrupt(SacredInterrupt):
+        STATUS = "INTERRUPTED"
+
+    ex = Experiment(f"reflowma.{stage}", save_git_info=True)
+    from sacred.utils import apply_backspaces_and_linefeeds
+
+    ex.captured_out_filter = apply_backspaces_and_linefeeds
+    ex.observers.append(FileStorageObserver(str(runs_dir)))
+    if os.environ.get("REFLOWMA_MONGO_URL"):
+        from sacred.observers import MongoObserver
+
+        ex.observers.append(MongoObserver(url=os.environ["REFLOWMA_MONGO_URL"],
+                                          db_name=os.environ.get("REFLOWMA_MONGO_DB", "reflowma")))
+    ex.add_config(_plain(cfg))
+    holder = {}
+
+    @ex.main
+    def _main(_run):
+        _run.info.update({"job": job, "stage": stage, **(info or {})})
+
+        def on_log(row):
+            for k, v in row.items():
+                if k != "step":
+                    _run.log_scalar(f"train.{k}", v, row["step"])
+
+        try:
+            metrics = fn(cfg, on_log)
+        except Interrupted as e:
+            holder["interrupted"] = e
+            raise _Interrupt() from e
+        for path in attach:
+            if Path(path).is_file():
+                _run.add_artifact(str(path), name=f"{stage}.{Path(path).name}")
+        return _plain(metrics)
+
+    try:
+        run = ex.run()
+    except _Interrupt:
+        raise holder["interrupted"] from None
+    return run.result
+
+
+def load_run(run_dir) -> dict:
+    """run.json + config.json + metrics.json of one FileStorageObserver record."""
+    run_dir = Path(run_dir)
+    out = {"id": run_dir.name}
+    for name in ("run", "config", "metrics", "info"):
+        p = run_dir / f"{name}.json"
+        out[name] = json.loads(p.read_text()) if p.is_file() else {}
+    return out
