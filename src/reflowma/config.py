@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
-from functools import lru_cache
+import re
+from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
@@ -65,6 +66,9 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+_SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """``a.b=value`` -> (['a', 'b'], yaml-parsed value)."""
     if "=" not in text:
@@ -76,6 +80,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _SCI_FLOAT.match(raw.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     return key.split("."), value
 
 
@@ -102,7 +108,7 @@ def schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(stage: str):
     from jsonschema import Draft202012Validator
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -43,7 +43,7 @@ class Point:
         return int(dict(self.fields).get("K", 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str):
     from jsonschema import Draft202012Validator
 

@@ -41,7 +41,8 @@ def grid_indices(times, K: int) -> list[int]:
         tk = k / K
         match = [i for i, s in enumerate(times) if abs(float(s) - tk) < 1e-9]
         if not match:
-            raise ValueError(f"time grid {list(times)} does not contain the window end {tk} (K={K})")
+            raise ValueError(f"time grid {list(times)} does not contain the window end {tk} "
+                             f"(K={K})")
         idx.append(match[0])
     return idx
 

@@ -41,7 +41,7 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
 
 
 def logdet_exact(vx: torch.Tensor, x: torch.Tensor, h: float, delta: float | None):
-    """(barrier log|det(I + h J)| ``[B]``, det ``[B]``); ``vx = v(x)`` built with x requiring grad."""
+    """(barrier log|det(I + h J)| ``[B]``, det ``[B]``); ``vx = v(x)``, x requiring grad."""
     vf = _flat(vx)
     d = vf.shape[1]
     rows = [_flat(torch.autograd.grad(vf[:, i].sum(), x, create_graph=True)[0]) for i in range(d)]
@@ -102,7 +102,7 @@ def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: 
     if stop_grad:
         s = s.detach()
     align = _flat(s * y_end).sum(-1)
-    stats["logdet"] = float(ld.mean())
+    stats["logdet"] = float(ld.detach().mean())
     return (-ld - align).mean(), stats
 
 

@@ -69,7 +69,7 @@ def solve(v, x0: torch.Tensor, times, steps: int, method: str = "euler", grad: b
             for i in range(n):
                 x = step(v, x, a + i * h, h, method)
             out.append(x)
-    return torch.stack(out)
+        return torch.stack(out)  # inside ctx: without grad=True nothing tracks x0 either
 
 
 def sample_grid(nfe: int, K: int = 1) -> list[float]:

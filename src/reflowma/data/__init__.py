@@ -6,5 +6,5 @@ the seeded generator, finite datasets are resampled with replacement.
 
 from __future__ import annotations
 
-from .toys import TOYS, sample_toy  # noqa: F401
 from .registry import DATASETS, data_shape, load  # noqa: F401
+from .toys import TOYS, sample_toy  # noqa: F401

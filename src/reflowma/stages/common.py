@@ -11,7 +11,7 @@ from ..storage import checkpoint
 from ..storage.atomic import sha256
 
 
-def load_model(path, kind: str, device=torch.device("cpu")):
+def load_model(path, kind: str, device: torch.device | str = "cpu"):
     """(model in eval mode with frozen weights, meta, sha256) from a model file."""
     obj = checkpoint.load_model_file(path, kind)
     meta = obj["meta"]
