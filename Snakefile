@@ -4,15 +4,17 @@
 #   snakemake --profile workflow/profiles/slurm --config preset=cluster grid=paper
 # Params and grids are validated at parse time (workflow/schemas/): nothing is submitted
 # when one is wrong.
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "params/config.yaml"
+configfile: os.path.join(workflow.basedir, "params/config.yaml")
 
 
-validate(config, "workflow/schemas/workflow.schema.yaml")
+validate(config, os.path.join(workflow.basedir, "workflow/schemas/workflow.schema.yaml"))
 
 
 include: "workflow/rules/common.smk"
