@@ -6,15 +6,12 @@
 # when one is wrong.
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: os.path.join(workflow.basedir, "params/config.yaml")
-
-
-validate(config, os.path.join(workflow.basedir, "workflow/schemas/workflow.schema.yaml"))
 
 
 include: "workflow/rules/common.smk"

@@ -111,17 +111,7 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     """Validated config of every job: {(stage, key): cfg}; key = (dataset, seed[, point])."""
     p = preset["stages"]
     out = {}
-    Ks = sorted({pt.K for pt in points})
-    for dataset in grid["datasets"]:
-        for seed in grid["seeds"]:
-            base = _shared(dataset, seed)
-            out[("teacher", (dataset, seed))] = config.stage_config("teacher", p, base)
-            cp = config.stage_config("couplings", p, base)
-            cp = config.stage_config("couplings", p, base + [(["windows"], sorted(
-                set(cp["windows"]) | set(Ks)))])
-            out[("couplings", (dataset, seed))] = cp
-            out[("evaluate", (dataset, seed))] = config.stage_config("evaluate", p, base)
-    for pt in points:
+    for pt in points:  # grid points first: their errors name the grid field
         ov = _shared(pt.dataset, pt.seed) + [(k.split("."), v) for k, v in pt.fields]
         try:
             cfg = config.stage_config("reflow", p, ov)
@@ -129,6 +119,16 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
             raise config.ConfigError(e.field, f"{str(e).split(': ', 1)[1]} (grid point "
                                      f"{pt.dataset}/seed~{pt.seed}/{pt.name})") from None
         out[("reflow", (pt.dataset, pt.seed, pt.name))] = cfg
+    Ks = {c["K"] for c in out.values()}
+    for dataset in grid["datasets"]:
+        for seed in grid["seeds"]:
+            base = _shared(dataset, seed)
+            out[("teacher", (dataset, seed))] = config.stage_config("teacher", p, base)
+            cp = config.stage_config("couplings", p, base)
+            cp = config.stage_config("couplings", p, base + [(["windows"], sorted(
+                set(cp["windows"]) | Ks))])
+            out[("couplings", (dataset, seed))] = cp
+            out[("evaluate", (dataset, seed))] = config.stage_config("evaluate", p, base)
     return out
 
 

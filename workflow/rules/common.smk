@@ -6,6 +6,10 @@ from reflowma import config as rcfg
 from reflowma import grid as rgrid
 
 PY = sys.executable
+try:  # workflow/schemas/workflow.schema.yaml
+    rgrid.check_schema("workflow", dict(config), "config")
+except rcfg.ConfigError as e:
+    raise WorkflowError(f"invalid params: {e}") from None
 PRESET_NAME = Path(str(config["preset"])).stem
 RESULTS = f"{config['results']}/{PRESET_NAME}"
 RUNS = f"{RESULTS}/runs"  # Sacred FileStorageObserver records, one per job

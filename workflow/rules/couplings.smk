@@ -7,10 +7,16 @@ rule couplings:
         f"{RESULTS}/couplings/{{dataset}}/seed~{{seed}}.h5",
     log:
         f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
+    params:
+        py=PY,
+        runs=RUNS,
+    conda:
+        "../../environment.yml"
     threads: res("couplings", "threads", 1)
     resources:
         **slurm_resources("couplings"),
     shell:
-        "{PY} -m reflowma couplings --params {input.params} --teacher {input.teacher}"
+        "{params.py} -m reflowma couplings --params {input.params} --teacher {input.teacher}"
         " --out {output}"
-        " --runs {RUNS} --job couplings/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"
+        " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"
+        " > {log} 2>&1"

@@ -9,10 +9,17 @@ rule evaluate:
         f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
+    params:
+        py=PY,
+        runs=RUNS,
+    conda:
+        "../../environment.yml"
     threads: res("evaluate", "threads", 1)
     resources:
         **slurm_resources("evaluate"),
     shell:
-        "{PY} -m reflowma evaluate --params {input.params} --student {input.student}"
+        "{params.py} -m reflowma evaluate --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} --out {output}"
-        " --runs {RUNS} --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point} > {log} 2>&1"
+        " --runs {params.runs}"
+        " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
+        " > {log} 2>&1"

@@ -11,11 +11,17 @@ rule reflow:
     log:
         f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
+        py=PY,
+        runs=RUNS,
         out=lambda wc, output: str(Path(output.model).parent),
+    conda:
+        "../../environment.yml"
     threads: res("reflow", "threads", 1)
     resources:
         **slurm_resources("reflow"),
     shell:
-        "{PY} -m reflowma reflow --params {input.params} --couplings {input.couplings}"
+        "{params.py} -m reflowma reflow --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out}"
-        " --runs {RUNS} --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point} > {log} 2>&1"
+        " --runs {params.runs}"
+        " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
+        " > {log} 2>&1"

@@ -8,10 +8,14 @@ rule teacher:
     log:
         f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
     params:
+        py=PY,
+        runs=RUNS,
         out=lambda wc, output: str(Path(output.model).parent),
+    conda:
+        "../../environment.yml"
     threads: res("teacher", "threads", 1)
     resources:
         **slurm_resources("teacher"),
     shell:
-        "{PY} -m reflowma teacher --params {input.params} --out {params.out}"
-        " --runs {RUNS} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"
+        "{params.py} -m reflowma teacher --params {input.params} --out {params.out}"
+        " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,118 @@
+"""The Snakemake workflow: job counts from the grid, exact reruns after a grid edit, and params
+errors stopping snakemake at parse time."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def snakemake(workdir: Path, *args, timeout=300) -> subprocess.CompletedProcess:
+    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run (rule -> count), {} when nothing is to be done."""
+    m = re.search(r"Job stats:\njob\s+count\n-+\s+-+\n(.*?)\n\n", out, re.S)
+    if not m:
+        return {}
+    rows = [line.split() for line in m.group(1).splitlines()]
+    return {r[0]: int(r[1]) for r in rows if r[0] != "total"}
+
+
+def test_paper_grid_job_count(tmp_path):
+    grid = yaml.safe_load((REPO / "params/grids/paper.yaml").read_text())
+    axes = list(grid["axes"].items())
+    points = [dict(zip([k for k, _ in axes], vals, strict=True))
+              for vals in itertools.product(*[v for _, v in axes])]
+    points = [p for p in points
+              if not any(all(p[k] == v for k, v in e.items()) for e in grid.get("exclude", []))]
+    pairs = len(grid["datasets"]) * len(grid["seeds"])
+    res = snakemake(tmp_path, "-n", "--config", "grid=paper")
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = job_stats(res.stdout + res.stderr)
+    print(f"paper grid: {pairs} (dataset, seed) pairs x {len(points)} points -> {stats}")
+    assert stats == {"teacher": pairs, "couplings": pairs, "reflow": pairs * len(points),
+                     "evaluate": pairs * len(points), "all": 1}
+    assert sum(stats.values()) == 397  # 9 + 9 + 189 + 189 + 1, see README
+
+
+@pytest.fixture
+def grid_run(tmp_path):
+    grid = {"datasets": ["8gaussians"], "seeds": [0],
+            "axes": {"K": [1, 2], "regularizer.weight": [0.0, 0.1],
+                     "window_start_weight": [1.0]}}
+    gpath = tmp_path / "grid.yaml"
+    gpath.write_text(yaml.safe_dump(grid, sort_keys=False))
+    cfg = ["--config", "preset=smoke", f"grid={gpath}"]
+    res = snakemake(tmp_path, "--cores", "2", *cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp_path, gpath, grid, cfg
+
+
+def test_grid_edit_reruns_only_affected_points(grid_run):
+    workdir, gpath, grid, cfg = grid_run
+    res = snakemake(workdir, "-n", *cfg)
+    assert res.returncode == 0 and job_stats(res.stdout) == {}, res.stdout[-2000:]
+    grid["axes"]["regularizer.weight"] = [0.0, 0.2]  # edit one lambda value
+    gpath.write_text(yaml.safe_dump(grid, sort_keys=False))
+    res = snakemake(workdir, "-n", *cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = job_stats(res.stdout)
+    assert stats == {"reflow": 2, "evaluate": 2, "all": 1}, res.stdout[-3000:]
+    wanted = set(re.findall(r"wildcards: dataset=\S+, seed=\d+, point=(\S+)", res.stdout))
+    assert wanted == {"K~1/lam~0.2/ws~1.0", "K~2/lam~0.2/ws~1.0"}
+    # Editing a teacher field reruns the whole chain below that teacher.
+    preset = yaml.safe_load((REPO / "params/presets/smoke.yaml").read_text())
+    preset["teacher"]["train"]["steps"] += 1
+    ppath = workdir / "preset.yaml"
+    ppath.write_text(yaml.safe_dump(preset))
+    res = snakemake(workdir, "-n", "--config", f"preset={ppath}", f"grid={gpath}")
+    stats = job_stats(res.stdout)
+    assert stats["teacher"] == 1 and stats["couplings"] == 1 and stats["reflow"] == 4
+
+
+BAD = [  # (what is edited, where, the field the message must name)
+    ("grid", {"axes": {"K": [1], "regularizer.lamda": [0.1]}}, "reflow.regularizer.lamda"),
+    ("grid", {"datasets": ["mnist"]}, "grid.datasets.0"),
+    ("grid", {"seeds": []}, "grid.seeds"),
+    ("grid", {"axes": {"K": [0]}}, "reflow.K"),
+    ("grid", {"axes": {"regularizer.eps": [0.7]}}, "reflow.regularizer.eps"),
+    ("grid", {"axes": {"loss.name": ["l3"]}}, "reflow.loss.name"),
+    ("preset", {"teacher": {"train": {"steps": "many"}}}, "teacher.train.steps"),
+    ("preset", {"couplings": {"solver": "rk5"}}, "couplings.solver"),
+    ("preset", {"resources": {"teacher": {"memory": 3}}}, "preset.resources.teacher.memory"),
+    ("preset", {"evaluat": {}}, "preset.evaluat"),
+]
+
+
+@pytest.mark.parametrize("kind,edit,field", BAD, ids=[b[2] for b in BAD])
+def test_bad_params_stop_at_parse_time(tmp_path, kind, edit, field):
+    grid = {"datasets": ["8gaussians"], "seeds": [0], "axes": {"K": [1]}}
+    preset = yaml.safe_load((REPO / "params/presets/smoke.yaml").read_text())
+    (grid if kind == "grid" else preset).update(edit)
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
+    res = snakemake(tmp_path, "--cores", "1", "--config", f"grid={tmp_path / 'g.yaml'}",
+                    f"preset={tmp_path / 'p.yaml'}")
+    assert res.returncode != 0
+    msg = [ln for ln in res.stderr.splitlines() if ln.startswith("invalid params:")]
+    assert msg and field in msg[0], res.stderr[-2000:]
+    assert "rule teacher" not in res.stdout + res.stderr  # nothing was scheduled
+    assert not (tmp_path / "results").exists()  # nothing was written
+
+
+def test_unknown_workflow_config_key(tmp_path):
+    res = snakemake(tmp_path, "-n", "--config", "grdi=paper")
+    assert res.returncode != 0 and "config.grdi: unknown key" in res.stdout + res.stderr
