@@ -144,11 +144,15 @@ def _describe(err, stage: str) -> ConfigError:
     return ConfigError(field, f"{inst!r}: {err.message}")
 
 
-def validate(stage: str, cfg: dict) -> dict:
-    """Schema check plus the checks a schema cannot express; returns cfg."""
+def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
+    """Schema check plus the checks a schema cannot express; returns cfg.
+
+    ``schema_check=False`` runs only the latter (for configs whose every field was already
+    validated, e.g. grid points built from validated per-field overrides).
+    """
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
-    errors = list(_validator(stage).iter_errors(cfg))
+    errors = list(_validator(stage).iter_errors(cfg)) if schema_check else []
     if errors:
         from jsonschema.exceptions import best_match
 
@@ -196,11 +200,20 @@ def preset_path(name_or_path: str | Path) -> Path:
 
 
 def defaults(stage: str) -> dict:
+    """``defaults/common.yaml`` + ``defaults/<stage>.yaml`` (a fresh copy each call)."""
     d = params_dir() / "defaults"
-    return deep_merge(load_yaml(d / "common.yaml"), load_yaml(d / f"{stage}.yaml"))
+    files = (d / "common.yaml", d / f"{stage}.yaml")
+    key = tuple((str(f), f.stat().st_mtime_ns) if f.exists() else (str(f), 0) for f in files)
+    return copy.deepcopy(_defaults(key))
 
 
-def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=()) -> dict:
+@lru_cache(maxsize=16)
+def _defaults(key) -> dict:
+    return deep_merge(load_yaml(key[0][0]), load_yaml(key[1][0]))
+
+
+def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=(),
+                 schema_check: bool = True) -> dict:
     """Validated config of one stage (see the module docstring for the layering)."""
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
@@ -211,7 +224,7 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
         cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
         cfg = deep_merge(cfg, p.get(stage) or {})
     cfg = apply_overrides(cfg, overrides, where=stage)
-    return validate(stage, cfg)
+    return validate(stage, cfg, schema_check)
 
 
 def field_docs(stage: str) -> list[tuple[str, str, object]]:

@@ -111,10 +111,20 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     """Validated config of every job: {(stage, key): cfg}; key = (dataset, seed[, point])."""
     p = preset["stages"]
     out = {}
+    checked = set()
     for pt in points:  # grid points first: their errors name the grid field
-        ov = _shared(pt.dataset, pt.seed) + [(k.split("."), v) for k, v in pt.fields]
+        shared = _shared(pt.dataset, pt.seed)
+        ov = shared + [(k.split("."), v) for k, v in pt.fields]
         try:
-            cfg = config.stage_config("reflow", p, ov)
+            # The schema has no cross-field rules: a point is schema-valid iff each of its
+            # (field, value) overrides is, so each is checked once; cross-field checks run on
+            # every point.
+            for k, v in [(None, None), *pt.fields]:
+                key = (pt.dataset, pt.seed, k, repr(v))
+                if key not in checked:
+                    config.stage_config("reflow", p, shared + ([(k.split("."), v)] if k else []))
+                    checked.add(key)
+            cfg = config.stage_config("reflow", p, ov, schema_check=False)
         except config.ConfigError as e:
             raise config.ConfigError(e.field, f"{str(e).split(': ', 1)[1]} (grid point "
                                      f"{pt.dataset}/seed~{pt.seed}/{pt.name})") from None
@@ -145,7 +155,7 @@ def write_if_changed(path: Path, obj) -> bool:
         obj, sort_keys=True)
     if path.is_file() and path.read_text() == text:
         return False
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(text)
     return True
 

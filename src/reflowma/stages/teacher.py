@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 def run(cfg: dict, out_dir, on_log=None) -> dict:
     """Train a teacher; writes ``teacher.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
+    dev = device(cfg["device"])
+    shape = data.data_shape(cfg["data"])  # reads a data file first: bad data writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = device(cfg["device"])
-    shape = data.data_shape(cfg["data"])
     torch.manual_seed(derive(cfg["seed"], "teacher-init"))
     model = nets.build(shape, cfg["net"]).to(dev)
     g = generator(cfg["seed"], "teacher-train")

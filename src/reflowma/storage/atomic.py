@@ -11,16 +11,21 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
+def atomic_path(path: str | Path, fsync: bool = True):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    ``fsync=False`` skips flushing to disk (still atomic for readers; for small files that are
+    cheap to regenerate, where thousands of fsyncs would dominate).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     finally:

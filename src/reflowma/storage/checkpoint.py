@@ -18,8 +18,10 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch.save names the zip records after the (random)
+        # temporary file name, which would make identical checkpoints differ byte-wise
+        torch.save(obj, f)
 
 
 def load(path: str | Path) -> dict:

@@ -1,0 +1,96 @@
+"""environment.yml (conda, GPU clusters) and pyproject.toml list the same packages and pins."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# conda name -> pip name; None: not a Python package of ours (interpreter, installer, CUDA)
+CONDA_TO_PIP = {"pytorch": "torch", "python": None, "pip": None, "pytorch-cuda": None}
+IGNORED_PIP_LINES = {"-e .", "-e.", "."}  # the package itself
+
+
+def _split(req: str) -> tuple[str, str]:
+    """'Name[extra]>=1,<2' -> ('name', '>=1,<2'), names normalised (PEP 503-like)."""
+    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(\[[^\]]*\])?\s*(.*?)\s*(#.*)?$", req)
+    assert m, req
+    name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+    return name, m.group(3).replace(" ", "")
+
+
+def _pyproject() -> tuple[dict, dict]:
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    main = dict(_split(r) for r in proj["dependencies"])
+    test = dict(_split(r) for r in proj["optional-dependencies"]["test"])
+    return main, test
+
+
+def _environment() -> tuple[dict, dict, dict]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for line in dep["pip"]:
+                if line.strip() not in IGNORED_PIP_LINES:
+                    name, spec = _split(line)
+                    pip[name] = spec
+            continue
+        name, spec = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", str(dep)).groups()
+        conda[name.lower()] = spec
+    return env, conda, pip
+
+
+def _pip_names(conda: dict) -> dict:
+    out = {}
+    for name, spec in conda.items():
+        if name.startswith("cuda"):
+            continue
+        mapped = CONDA_TO_PIP.get(name, name)
+        if mapped is not None:
+            out[mapped] = spec
+    return out
+
+
+def test_same_packages():
+    main, test = _pyproject()
+    _, conda, pip = _environment()
+    from_conda = _pip_names(conda)
+    assert not set(from_conda) & set(pip), "listed both as conda and pip package"
+    env_names = set(from_conda) | set(pip)
+    assert env_names == set(main) | set(test), (
+        f"only in environment.yml: {sorted(env_names - set(main) - set(test))}; "
+        f"only in pyproject.toml: {sorted(set(main) | set(test) - env_names)}")
+
+
+def test_same_pins():
+    main, test = _pyproject()
+    _, conda, pip = _environment()
+    for name, spec in pip.items():
+        assert spec == {**main, **test}[name], name
+    # conda's torch pin is 'pytorch=2.13' (conda syntax, any 2.13.x CUDA build)
+    torch_conda = _pip_names(conda)["torch"]
+    assert torch_conda.startswith("=")
+    assert main["torch"].startswith("==" + torch_conda.lstrip("="))
+
+
+def test_environment_basics():
+    env, conda, pip = _environment()
+    assert env["name"] == "reflowma"
+    assert env["channels"][:3] == ["pytorch", "nvidia", "conda-forge"]
+    assert conda["python"] == "=3.11"
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert proj["requires-python"].startswith(">=3.11")
+    pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_lines  # the package itself, editable
+    assert "pip" in conda and "pytorch-cuda" in conda
+
+
+def test_normalisation_helper():
+    assert _split("Scikit_Learn[extra] == 1.0 ") == ("scikit-learn", "==1.0")
+    assert _split("snakemake-executor-plugin-slurm==2.8.0") == (
+        "snakemake-executor-plugin-slurm", "==2.8.0")
+    assert _pip_names({"pytorch": "=2.13", "python": "=3.11", "cudatoolkit": "", "pip": ""}) == {
+        "torch": "=2.13"}
