@@ -16,7 +16,8 @@ rule couplings:
     resources:
         **slurm_resources("couplings"),
     shell:
-        "{params.py} -m reflowma couplings --params {input.params} --teacher {input.teacher}"
+        "OMP_NUM_THREADS={threads} {params.py} -m reflowma couplings"
+        " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
         " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"
         " > {log} 2>&1"

@@ -18,7 +18,8 @@ rule evaluate:
     resources:
         **slurm_resources("evaluate"),
     shell:
-        "{params.py} -m reflowma evaluate --params {input.params} --student {input.student}"
+        "OMP_NUM_THREADS={threads} {params.py} -m reflowma evaluate"
+        " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} --out {output}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

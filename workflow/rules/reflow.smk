@@ -20,7 +20,8 @@ rule reflow:
     resources:
         **slurm_resources("reflow"),
     shell:
-        "{params.py} -m reflowma reflow --params {input.params} --couplings {input.couplings}"
+        "OMP_NUM_THREADS={threads} {params.py} -m reflowma reflow"
+        " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out}"
         " --runs {params.runs}"
         " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

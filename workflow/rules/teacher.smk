@@ -17,5 +17,6 @@ rule teacher:
     resources:
         **slurm_resources("teacher"),
     shell:
-        "{params.py} -m reflowma teacher --params {input.params} --out {params.out}"
+        "OMP_NUM_THREADS={threads} {params.py} -m reflowma teacher"
+        " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"

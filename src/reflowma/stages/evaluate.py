@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from pathlib import Path
 
 import torch
 
@@ -70,11 +69,41 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     res["data_floor"] = {"w2_data": metrics.w2_unpaired(
         data.load(cfg["data"], n, generator(cfg["seed"], "eval-data-2")), x_data)}
     test_ends = load_ends(C, "test", K)
+    if cfg["audit"]["enabled"]:
+        res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
     res["heldout_tm_loss"] = losses.heldout_tm_loss(student, test_ends, K,
                                                     generator(cfg["seed"], "heldout"))
     write_json(out_path, res)
     log.info("evaluate: wrote %s", out_path)
     return res
+
+
+SCORE_ERROR_TS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
+    """Marginal audit (DESIGN.md section 4): per-NFE KL/TV against the teacher's CNF density,
+    local per-window KL/TV on the test couplings' window ends, the telescoping TV bound, and for
+    8gaussians KL/TV against the exact data density and the teacher's score error vs t."""
+    from .. import audit, gmm
+
+    a = cfg["audit"]
+    g = generator(cfg["seed"], "audit")
+    mix = gmm.eight_gaussians(dtype=torch.float64) if cfg["data"]["name"] == "8gaussians" else None
+    nfes = sorted(set(cfg["nfe"]) | {K})
+    marg = audit.marginal_audit(student, teacher, z, K, nfes, a,
+                                data_logp=mix.log_prob if mix is not None else None,
+                                teacher_samples=x_teacher, generator=g)
+    local = audit.local_window_audit(student, teacher, ends, K, a["logp_steps"], a["max_dim"],
+                                     a["knn_k"], generator=g)
+    final = marg["nfe"][str(K)]
+    out = {"marginal": marg, "local": local,
+           "telescoping": audit.telescoping(final["tv"], local["windows"], final["kl_exact"])}
+    if mix is not None:
+        out["score_error"] = audit.score_error_vs_t(teacher, mix, SCORE_ERROR_TS, z.shape[0],
+                                                    generator(cfg["seed"], "audit-score"))
+    log.info("evaluate: audit %s", {k: v.get("kl_knn") for k, v in marg["nfe"].items()})
+    return out
 
 
 def _map(v, grid, z):
