@@ -23,8 +23,10 @@ def load_model(path, kind: str, device: torch.device | str = "cpu"):
 
 def data_key(data_cfg: dict) -> str:
     """Canonical string of a data config (recorded in files, compared on load)."""
-    return json.dumps({k: data_cfg[k] for k in sorted(data_cfg) if data_cfg[k] is not None},
-                      sort_keys=True)
+    keep = {k: v for k, v in data_cfg.items() if v is not None}
+    if keep.get("name") != "file":  # path/key only describe user files
+        keep = {k: v for k, v in keep.items() if k not in ("path", "key")}
+    return json.dumps(keep, sort_keys=True)
 
 
 def check_same_data(where: str, cfg_data: dict, recorded: str, source) -> None:
