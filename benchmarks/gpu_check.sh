@@ -17,7 +17,7 @@ export PYTHONPATH=$PWD/src REFLOWMA_ROOT=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 W="$OUT/work"; mkdir -p "$W"
-run() { local t0; t0=$(date +%s.%N); "$@"; echo "[time] $(echo "$(date +%s.%N) - $t0" | bc) s: ${*:3:2}"; }
+run() { local s=$SECONDS; "$@"; echo "[time] $((SECONDS - s)) s: ${*:3:1} "; }
 run $PY -m reflowma teacher --params toy --out "$W/t" device=cuda
 run $PY -m reflowma couplings --params toy --teacher "$W/t/teacher.pt" --out "$W/c.h5" device=cuda
 for arm in "lam0 regularizer.weight=0.0" "exact regularizer.weight=0.1 regularizer.logdet=exact" \
