@@ -9,7 +9,7 @@ CORES  ?= 2
 # PyTorch CPU index so that no multi-GB CUDA build is pulled.
 PIP_EXTRA := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: run test test-slow lint bench env clean-results
+.PHONY: run test test-slow lint bench env repro pull
 
 $(BIN)/reflowma: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,15 @@ lint: env
 
 bench: env
 	$(BIN)/python benchmarks/dag_build.py
+	$(BIN)/python benchmarks/step_time.py
+
+# DVC wraps the workflow: rebuild what changed, tables and figures included.
+repro: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Fetch results from the DVC remote, then mark them up to date for Snakemake (DVC restores
+# files in any order; without --touch Snakemake's timestamp check would rerun everything).
+pull: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc pull
+	$(BIN)/snakemake --cores 1 --touch --config $$($(BIN)/python -c "import yaml; \
+	c = yaml.safe_load(open('params/config.yaml')); print(' '.join(f'{k}={v}' for k, v in c.items()))")

@@ -25,3 +25,9 @@ rule all:
     input:
         all_evaluations(),
     default_target: True
+
+
+rule evaluations:
+    """Every evaluation of the grid (the DVC `workflow` stage's target)."""
+    input:
+        all_evaluations(),
