@@ -28,12 +28,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..storage.atomic import atomic_path
 
 DEFAULT_MU: tuple[float, float] = (1.0, -0.5)
 DEFAULT_SIGMA: tuple[tuple[float, float], tuple[float, float]] = ((2.0, 0.6), (0.6, 0.5))
@@ -292,24 +292,6 @@ def w2_squared_vs_angle(mu, sigma, angles_deg) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; use the usual file mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _figure(mu, sigma, angle_deg, result, n_samples: int, seed: int):
     import seaborn as sns
     from matplotlib.figure import Figure
@@ -421,7 +403,9 @@ def write_counterexample(
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150)
-        _atomic_write_bytes(out / f"counterexample.{ext}", buf.getvalue())
+        with atomic_path(out / f"counterexample.{ext}") as tmp:
+            tmp.write_bytes(buf.getvalue())
     text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(out / "counterexample.json", text.encode())
+    with atomic_path(out / "counterexample.json") as tmp:
+        tmp.write_text(text)
     return result
