@@ -19,11 +19,13 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/couplings.smk"
 include: "workflow/rules/reflow.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_evaluations(),
+        rules.report.output.metrics,
     default_target: True
 
 

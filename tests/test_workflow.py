@@ -44,8 +44,8 @@ def test_paper_grid_job_count(tmp_path):
     stats = job_stats(res.stdout + res.stderr)
     print(f"paper grid: {pairs} (dataset, seed) pairs x {len(points)} points -> {stats}")
     assert stats == {"teacher": pairs, "couplings": pairs, "reflow": pairs * len(points),
-                     "evaluate": pairs * len(points), "all": 1}
-    assert sum(stats.values()) == 397  # 9 + 9 + 189 + 189 + 1, see README
+                     "evaluate": pairs * len(points), "report": 1, "all": 1}
+    assert sum(stats.values()) == 398  # 9 + 9 + 189 + 189 + report + all, see README
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_grid_edit_reruns_only_affected_points(grid_run):
     res = snakemake(workdir, "-n", *cfg)
     assert res.returncode == 0, res.stderr[-3000:]
     stats = job_stats(res.stdout)
-    assert stats == {"reflow": 2, "evaluate": 2, "all": 1}, res.stdout[-3000:]
+    assert stats == {"reflow": 2, "evaluate": 2, "report": 1, "all": 1}, res.stdout[-3000:]
     wanted = set(re.findall(r"wildcards: dataset=\S+, seed=\d+, point=(\S+)", res.stdout))
     assert wanted == {"K~1/lam~0.2/ws~1.0", "K~2/lam~0.2/ws~1.0"}
     # Editing a teacher field reruns the whole chain below that teacher.

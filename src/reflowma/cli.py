@@ -1,8 +1,9 @@
 """Command line: ``reflowma <stage> --params PRESET --out PATH [key=value ...]``.
 
-Stages: teacher, couplings, reflow, evaluate (plus ``theory``). Params are validated before any
-work; errors print one line naming the field and exit with code 2. An interrupted job
-(SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a non-finite loss exits 3.
+Stages: teacher, couplings, reflow, evaluate (plus ``report`` and ``theory``). Params are
+validated before any work; errors print one line naming the field and exit with code 2. An
+interrupted job (SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a
+non-finite loss exits 3.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the validated config as YAML and exit")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. train.steps=100 data.name=moons")
+    rp = sub.add_parser("report", help="tables, figures and metrics.json from the run records",
+                        description="Tables (Markdown, LaTeX, CSV), figures (PNG, PDF), a flat "
+                        "metrics.json and missing.json from the Sacred run records.")
+    rp.add_argument("--runs", default=None,
+                    help="Sacred runs folder [results/<preset>/runs with --preset]")
+    rp.add_argument("--out", default=None, help="report folder [results/<preset>/report]")
+    rp.add_argument("--grid", default=None,
+                    help="grid name or YAML: its evaluate jobs are expected (missing ones are "
+                    "shown as rows) [the jobs seen in the records]")
+    rp.add_argument("--preset", default=None,
+                    help="preset name: sets the default --runs and --out")
+    rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
     th = sub.add_parser("theory", help="closed-form checks of the paper's theorems")
     tsub = th.add_subparsers(dest="theory", required=True)
     from .theory import counterexample as ce
@@ -112,6 +125,28 @@ def _run_stage(args) -> dict:
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:]})
 
 
+def _report(args) -> int:
+    from . import grid as rgrid
+    from .report import build_report, expected_from_grid
+
+    base = Path("results") / Path(args.preset).stem if args.preset else None
+    runs = args.runs or (base / "runs" if base else None)
+    out = args.out or (base / "report" if base else None)
+    if runs is None or out is None:
+        raise config.ConfigError("report", "give --runs and --out, or --preset")
+    if not Path(runs).is_dir():
+        raise FileNotFoundError(f"runs folder {str(runs)!r} does not exist")
+    expected = None
+    if args.grid:
+        if args.preset:
+            rgrid.load_preset(args.preset)  # validated: a typo fails here, not silently
+        expected = expected_from_grid(args.grid)
+    res = build_report(runs, out, expected, figures=not args.no_figures)
+    print(f"report: {len(res['tables'])} table files, {len(res['figures'])} figure files, "
+          f"{len(res['metrics'])} metrics, {len(res['missing'])} missing jobs -> {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[reflowma] %(message)s", stream=sys.stderr)
@@ -120,6 +155,8 @@ def main(argv=None) -> int:
     from .train import Interrupted, NonFiniteLoss
 
     try:
+        if args.stage == "report":
+            return _report(args)
         if args.stage == "theory":
             from .theory import counterexample as ce
 

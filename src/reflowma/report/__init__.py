@@ -1,0 +1,171 @@
+"""The report stage: tables, figures and a flat metrics summary from the Sacred run records.
+
+``build_report(runs_dir, out_dir, expected_jobs=None)`` reads every record under ``runs_dir``
+(``reflowma.runs``), keeps the latest completed run of each job and writes
+
+* ``tables/<dataset>_nfe<n>.{md,tex,csv}`` (methods x metrics per NFE), ``..._local.*`` (local
+  per-window audit, when present), ``..._effects.*`` (regularizer vs lam-0 control, next to the
+  prototype's findings), ``tables/all.{md,csv}`` (all of them) and ``tables/cells.json`` (each
+  cell -> the run ids, seeds and values it was computed from);
+* ``figures/*.{png,pdf}`` (``reflowma.report.figures``);
+* ``metrics.json``: ``{"<dataset>/<method>/nfe~<n>/<metric>": mean over seeds}``, flat and
+  sorted, for ``dvc metrics diff``;
+* ``missing.json``: expected jobs with no completed run and why.
+
+Every file is written atomically. ``expected_jobs`` (evaluate job names, e.g. from the grid)
+makes missing grid points visible as rows; without it the jobs seen in the records are expected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from ..runs import load_runs, missing_jobs
+from ..storage.atomic import atomic_path, write_json
+from . import tables as T
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_report", "expected_from_grid", "flat_metrics"]
+
+
+def expected_from_grid(grid: str) -> list[str]:
+    """Evaluate job names of a grid (``evaluate/<dataset>/seed~<s>/<point>``)."""
+    from ..runs import expected_jobs
+
+    return expected_jobs(grid, "evaluate")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path, fsync=False) as tmp:
+        tmp.write_text(text)
+
+
+def _file_stem(t: T.Table) -> str:
+    return t.name.replace("/", "_").replace("~", "")
+
+
+def flat_metrics(tables) -> dict:
+    """``{"<dataset>/<method>/nfe~<n>/<metric>": mean}`` from the main tables (methods and the
+    teacher references); per-run metrics under ``<dataset>/<method>/<metric>``."""
+    out = {}
+    for t in tables:
+        if t.nfe is None:  # the effects table: derived from the others
+            continue
+        for _, row in t.frame.iterrows():
+            method = row["method"].replace(" ", "_").replace("(", "").replace(")", "")
+            for m in t.metrics:
+                v = row[f"{m}.mean"]
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    continue
+                per_run = m == "heldout_tm_loss" or m.startswith(("local_", "tele_"))
+                key = f"{t.dataset}/{method}/{m}" if per_run else \
+                    f"{t.dataset}/{method}/nfe~{t.nfe}/{m}"
+                out[key] = float(v)
+    return dict(sorted(out.items()))
+
+
+PLOT_METRICS = ("w2_paired_teacher", "w2_data", "mmd_data")
+
+
+def plot_data(tables) -> str:
+    """Long CSV (dataset, method, nfe, seed-mean metrics) for ``dvc plots show/diff``."""
+    rows = ["dataset,method,nfe," + ",".join(PLOT_METRICS)]
+    for t in tables:
+        if t.nfe is None:
+            continue
+        for _, row in t.frame.iterrows():
+            vals = [row.get(f"{m}.mean") for m in PLOT_METRICS]
+            if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals):
+                continue
+            cells = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+                     for v in vals]
+            rows.append(f"{t.dataset},{row['method']},{t.nfe}," + ",".join(cells))
+    return "\n".join(rows) + "\n"
+
+
+def _missing(runs, expected) -> list[dict]:
+    pl = T.plan(runs, expected)
+    jobs = list(pl["job"])
+    if expected is None:  # every job seen, all stages
+        jobs = sorted(set(runs["job"].dropna()), key=T._job_key)
+    miss = missing_jobs(runs, jobs)
+    status = dict(zip(pl["job"], pl["status"], strict=True))
+    out = []
+    for r in miss.itertuples():
+        row = {"job": r.job, "status": r.status,
+               "run_id": None if r.run_id is None or r.run_id != r.run_id else int(r.run_id),
+               "error": r.error if isinstance(r.error, str) else None}
+        if r.status == "none" and status.get(r.job, "none") != "none":
+            row["upstream"] = status[r.job]  # e.g. "FAILED (reflow)"
+        out.append(row)
+    return out
+
+
+def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True) -> dict:
+    """Write the report under ``out_dir``; returns {'tables', 'figures', 'metrics', 'missing'}
+    (paths, the flat metrics and the missing jobs)."""
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    runs = load_runs(runs_dir)
+    expected = list(expected_jobs) if expected_jobs is not None else None
+    tables = T.build_tables(runs, expected)
+    tdir = out_dir / "tables"
+    written = []
+    md_all, cells = [], {}
+    for t in tables:
+        stem = _file_stem(t)
+        md, tex, csv = T.to_markdown(t), T.to_latex(t), T.to_csv(t)
+        for ext, text in (("md", md), ("tex", tex), ("csv", csv)):
+            _write_text(tdir / f"{stem}.{ext}", text)
+            written.append(tdir / f"{stem}.{ext}")
+        md_all.append(md)
+        cells.update(t.cells)
+    missing = _missing(runs, expected)
+    head = [f"# reflowma report\n\nRuns: `{runs_dir}` ({len(runs)} records, "
+            f"{int((runs['status'] == 'COMPLETED').sum())} completed).\n"]
+    if missing:
+        head.append(f"**{len(missing)} expected job(s) without a completed run** "
+                    "(see missing.json):\n\n" + "".join(
+                        f"- `{m['job']}`: "
+                        + (m["status"] if m["status"] != "none" else "never run")
+                        + (f" ({m['upstream']})" if m.get("upstream") else "")
+                        + (f" — {m['error']}" if m.get("error") else "") + "\n"
+                        for m in missing[:50]))
+    commits = sorted({c for c in runs["commit"].dropna()})
+    if commits:
+        dirty = bool(runs["dirty"].fillna(False).astype(bool).any())
+        head.append(f"Commits: {', '.join(c[:10] for c in commits)}"
+                    f"{' (some runs from a dirty tree)' if dirty else ''}.\n")
+    _write_text(tdir / "all.md", "\n".join(head) + "\n" + "\n".join(md_all))
+    _write_text(tdir / "all.csv", _concat_csv(tables))
+    write_json(tdir / "cells.json", cells)
+    written += [tdir / "all.md", tdir / "all.csv", tdir / "cells.json"]
+    flat = flat_metrics(tables)
+    write_json(out_dir / "metrics.json", flat)
+    _write_text(out_dir / "plots" / "nfe.csv", plot_data(tables))
+    write_json(out_dir / "missing.json", missing)
+    figs = []
+    if figures:
+        from . import figures as F
+
+        stems = F.expected_stems(expected) if expected is not None else ()
+        figs = F.make_figures(runs, tables, out_dir / "figures", stems)
+    log.info("report: %d tables, %d figures, %d metrics, %d missing jobs -> %s",
+             len(tables), len(figs), len(flat), len(missing), out_dir)
+    return {"tables": [str(p) for p in written], "figures": [str(p) for p in figs],
+            "metrics": flat, "missing": missing}
+
+
+def _concat_csv(tables) -> str:
+    import pandas as pd
+
+    frames = []
+    for t in tables:
+        f = t.frame.copy()
+        f.insert(0, "table", t.name)
+        frames.append(f)
+    if not frames:
+        return ""
+    return pd.concat(frames, ignore_index=True).to_csv(index=False, float_format="%.10g")

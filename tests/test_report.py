@@ -1,0 +1,301 @@
+"""The report: run records read back (latest completed run per job, corrupt records skipped),
+tables whose cells are traceable to their runs, paired tests, missing grid points, figures.
+
+One small real workflow (2 seeds x 2 points, audit on) runs once for the module."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from reflowma import cli
+from reflowma.report import build_report
+from reflowma.report import figures as F
+from reflowma.report import tables as T
+from reflowma.runs import (
+    RunRecordWarning,
+    expected_jobs,
+    latest_completed,
+    load_runs,
+    missing_jobs,
+    parse_job,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+GRID = {"datasets": ["8gaussians"], "seeds": [0, 1],
+        "axes": {"K": [2], "regularizer.weight": [0.0, 0.1], "window_start_weight": [1.0]}}
+EXTRA = "K~2/lam~1.0/ws~1.0"  # a grid point that never ran
+NFE1 = "8gaussians/nfe~1"
+REG, BASE = "K~2/lam~0.1/ws~1.0", "K~2/lam~0.0/ws~1.0"
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    """The smoke workflow on a 2-seed grid (tiny preset, marginal audit on) and its report."""
+    root = tmp_path_factory.mktemp("report")
+    preset = yaml.safe_load((REPO / "params/presets/smoke.yaml").read_text())
+    preset["teacher"]["train"].update(steps=30)
+    preset["reflow"]["train"].update(steps=20, log_every=5)
+    preset["evaluate"].update(nfe=[1, 2])
+    preset["evaluate"]["audit"]["enabled"] = True
+    (root / "smoke.yaml").write_text(yaml.safe_dump(preset))
+    (root / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    cmd = ["timeout", "-k", "10", "300", SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(root), "--cores", "2", "--config", f"preset={root}/smoke.yaml",
+           f"grid={root}/grid.yaml", f"results={root}/results"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs_dir = root / "results/smoke/runs"
+    jobs = expected_jobs(root / "grid.yaml") + [f"evaluate/8gaussians/seed~{s}/{EXTRA}"
+                                                  for s in (0, 1)]
+    out = build_report(runs_dir, root / "report", jobs)
+    return {"root": root, "runs": runs_dir, "jobs": jobs, "out": root / "report", "res": out}
+
+
+def _table(wf, name="nfe1") -> pd.DataFrame:
+    return pd.read_csv(wf["out"] / "tables" / f"8gaussians_{name}.csv")
+
+
+def _run_result(runs_dir: Path, run_id: int) -> dict:
+    return json.loads((runs_dir / str(run_id) / "run.json").read_text())["result"]
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_load_runs_real_records(wf):
+    df = load_runs(wf["runs"])
+    assert len(df) == 12 and (df["status"] == "COMPLETED").all()
+    assert df["stage"].value_counts().to_dict() == {"teacher": 2, "couplings": 2, "reflow": 4,
+                                                   "evaluate": 4}
+    ev = df[df["stage"] == "evaluate"]
+    assert set(ev["point"]) == {REG, BASE} and set(ev["seed"]) == {0, 1}
+    assert set(ev["lam"]) == {0.0, 0.1} and set(ev["K"]) == {2} and set(ev["ws"]) == {1.0}
+    assert (ev["dataset"] == "8gaussians").all()
+    for r in ev.itertuples():
+        assert r.job == f"evaluate/8gaussians/seed~{r.seed}/{r.point}"
+        assert r.result["K"] == 2 and set(r.result["nfe"]) == {"1", "2"}
+        assert Path(r.out).is_file() and Path(r.inputs["student"]).is_file()
+        assert len(r.commit) == 40 and isinstance(r.dirty, bool) and r.host
+        assert r.start_time <= r.stop_time
+    tr = df[df["stage"] == "reflow"].iloc[0]
+    assert tr["metrics"]["train.loss"]["steps"][-1] == 20
+    assert parse_job("teacher/8gaussians/seed~1") == {"stage": "teacher",
+                                                      "dataset": "8gaussians", "seed": 1,
+                                                      "point": ""}
+
+
+def _copy(src: Path, dst: Path, status=None, start=None, job=None):
+    shutil.copytree(src, dst)
+    run = json.loads((dst / "run.json").read_text())
+    if status:
+        run["status"] = status
+        if status == "RUNNING":
+            run.pop("stop_time", None)
+            run.pop("result", None)
+        elif status != "COMPLETED":
+            run["result"] = None
+            run["fail_trace"] = ["Traceback ...\n", "ValueError: boom\n"]
+    if start:
+        run["start_time"] = start
+    (dst / "run.json").write_text(json.dumps(run))
+    if job:
+        info = json.loads((dst / "info.json").read_text())
+        info["job"] = job
+        (dst / "info.json").write_text(json.dumps(info))
+
+
+def test_latest_completed_and_broken_records(wf, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(wf["runs"], runs)
+    df = load_runs(runs)
+    ev = latest_completed(df, "evaluate")
+    row = ev[ev["job"].str.endswith(f"seed~0/{REG}")].iloc[0]
+    src, job = runs / str(row.run_id), row.job
+    # a later FAILED rerun of the same job: the completed one is still chosen
+    _copy(src, runs / "100", status="FAILED", start="2100-01-01T00:00:00.000000")
+    # a corrupt run.json, a folder without run.json: skipped with a warning naming the folder
+    (runs / "101").mkdir()
+    (runs / "101" / "run.json").write_text('{"status": "COMPL')
+    (runs / "102").mkdir()
+    # jobs whose only run failed / was interrupted / is still running
+    for rid, status in ((103, "FAILED"), (104, "INTERRUPTED"), (105, "RUNNING")):
+        _copy(src, runs / str(rid), status=status, job=f"evaluate/8gaussians/seed~{rid}/{REG}")
+    with pytest.warns(RunRecordWarning) as rec:
+        df2 = load_runs(runs)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert str(runs / "101") in msgs and str(runs / "102") in msgs
+    assert len(df2) == len(df) + 4
+    chosen = latest_completed(df2)
+    assert chosen.set_index("job").loc[job, "run_id"] == row.run_id
+    assert chosen["job"].is_unique
+    # a later COMPLETED rerun wins
+    _copy(src, runs / "106", start="2100-01-02T00:00:00.000000")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunRecordWarning)
+        df3 = load_runs(runs)
+    assert latest_completed(df3).set_index("job").loc[job, "run_id"] == 106
+    expected = [job] + [f"evaluate/8gaussians/seed~{r}/{REG}" for r in (103, 104, 105, 999)]
+    miss = missing_jobs(df3, expected).set_index("job")
+    assert job not in miss.index
+    assert list(miss["status"]) == ["FAILED", "INTERRUPTED", "RUNNING", "none"]
+    assert miss.iloc[0]["run_id"] == 103 and miss.iloc[0]["error"] == "ValueError: boom"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_cell_is_mean_of_the_runs_it_cites(wf):
+    cells = json.loads((wf["out"] / "tables/cells.json").read_text())
+    table = _table(wf).set_index("method")
+    ev = latest_completed(load_runs(wf["runs"]), "evaluate")
+    for method in (BASE, REG):
+        for metric, get in (("w2_paired_teacher", lambda r: r["nfe"]["1"]["w2_paired_teacher"]),
+                            ("kl", lambda r: r["audit"]["marginal"]["nfe"]["1"]["kl_exact"]),
+                            ("heldout_tm_loss", lambda r: r["heldout_tm_loss"])):
+            cell = cells[f"{NFE1}/{method}/{metric}"]
+            # exactly the latest completed evaluate run of each seed of this point
+            want = ev[ev["point"] == method].sort_values("seed")
+            assert cell["run_ids"] == list(want["run_id"]) and cell["seeds"] == [0, 1]
+            vals = [get(_run_result(wf["runs"], rid)) for rid in cell["run_ids"]]
+            assert cell["values"] == pytest.approx(vals, rel=1e-12)
+            assert cell["mean"] == pytest.approx(np.mean(vals), rel=1e-12)
+            assert table.loc[method, f"{metric}.mean"] == pytest.approx(np.mean(vals), rel=1e-9)
+            assert table.loc[method, f"{metric}.std"] == pytest.approx(np.std(vals, ddof=1),
+                                                                       rel=1e-9)
+            half = stats.t.ppf(0.975, 1) * np.std(vals, ddof=1) / np.sqrt(2)
+            assert cell["ci95"] == pytest.approx([np.mean(vals) - half, np.mean(vals) + half])
+            assert table.loc[method, f"{metric}.n"] == 2
+
+
+def test_best_per_column_is_the_lowest(wf):
+    table = _table(wf)
+    methods = table[table["kind"] == "method"]
+    md = (wf["out"] / "tables/8gaussians_nfe1.md").read_text()
+    marked = 0
+    for metric in ("w2_paired_teacher", "w2_data", "mmd_data", "kl", "heldout_tm_loss"):
+        means = methods[f"{metric}.mean"]
+        best = methods[f"{metric}.best"].astype(bool)
+        if means.dropna().nunique() > 1:
+            assert list(best) == list(means == means.min())
+            assert best.sum() >= 1
+            marked += 1
+        else:
+            assert not best.any()
+        assert not table.loc[table["kind"] == "reference", f"{metric}.best"].astype(bool).any()
+    assert marked and md.count("**") >= 2 * marked
+    tex = (wf["out"] / "tables/8gaussians_nfe1.tex").read_text()
+    assert all(s in tex for s in (r"\toprule", r"\midrule", r"\bottomrule", r"\mathbf{"))
+
+
+def test_paired_test_matches_scipy(wf):
+    cells = json.loads((wf["out"] / "tables/cells.json").read_text())
+    table = _table(wf).set_index("method")
+    for metric in ("w2_paired_teacher", "mmd_data", "kl"):
+        a, b = cells[f"{NFE1}/{REG}/{metric}"], cells[f"{NFE1}/{BASE}/{metric}"]
+        assert a["baseline"] == BASE and a["paired_seeds"] == b["seeds"] == [0, 1]
+        assert a["baseline_run_ids"] == b["run_ids"]
+        p = stats.ttest_rel(a["values"], b["values"]).pvalue
+        assert a["p_value"] == pytest.approx(p, rel=1e-9)
+        assert table.loc[REG, f"{metric}.p"] == pytest.approx(p, rel=1e-9)
+        assert np.isnan(table.loc[BASE, f"{metric}.p"])  # the baseline is not tested
+    # no lam axis: no test
+    assert T.baseline_of("K~2/ws~1.0", ["K~2/ws~1.0", "K~1/ws~1.0"]) is None
+    # a grid keeping lam 0 once (logdet irrelevant there): that point is the control
+    pts = ["K~2/lam~0.0/logdet~exact/ws~1.0", "K~2/lam~0.1/logdet~exact/ws~1.0",
+           "K~2/lam~0.1/logdet~hutchinson/ws~1.0", "K~1/lam~0.0/logdet~exact/ws~1.0"]
+    assert T.baseline_of(pts[2], pts) == pts[0] and T.baseline_of(pts[1], pts) == pts[0]
+
+
+def test_missing_grid_points_are_rows(wf):
+    table = _table(wf).set_index("method")
+    assert table.loc[EXTRA, "status"] == "missing" and table.loc[EXTRA, "n_seeds"] == 0
+    assert np.isnan(table.loc[EXTRA, "w2_paired_teacher.mean"])
+    md = (wf["out"] / "tables/8gaussians_nfe1.md").read_text()
+    assert EXTRA in md
+    missing = json.loads((wf["out"] / "missing.json").read_text())
+    assert [m["job"] for m in missing] == [f"evaluate/8gaussians/seed~{s}/{EXTRA}"
+                                           for s in (0, 1)]
+    assert all(m["status"] == "none" for m in missing)
+    # failures: one seed failed -> partial; every seed failed -> failed; reflow failed upstream
+    df = load_runs(wf["runs"])
+    is_reg = (df["stage"] == "evaluate") & (df["point"] == REG)
+    df.loc[is_reg & (df["seed"] == 1), "status"] = "FAILED"
+    tabs = {t.name: t for t in T.build_tables(df, wf["jobs"])}
+    st = tabs[NFE1].frame.set_index("method")["status"]
+    assert st[REG] == "partial 1/2 (seed~1: failed)" and st[BASE] == "ok"
+    assert tabs[NFE1].frame.set_index("method").loc[REG, "w2_paired_teacher.n"] == 1
+    df.loc[is_reg, "status"] = "FAILED"
+    st = T.build_tables(df, wf["jobs"])[0].frame.set_index("method")["status"]
+    assert st[REG] == "failed"
+    df.loc[is_reg, "status"] = "COMPLETED"
+    df = df[~((df["stage"] == "evaluate") & (df["point"] == BASE))].copy()
+    df.loc[(df["stage"] == "reflow") & (df["point"] == BASE), "status"] = "FAILED"
+    st = T.build_tables(df, wf["jobs"])[0].frame.set_index("method")["status"]
+    assert st[BASE] == "failed (reflow)" and list(st.index[:3]) == [BASE, REG, EXTRA]
+    # no evaluation completed at all: a status table still lists every point
+    df = df[df["stage"] != "evaluate"]
+    tabs = T.build_tables(df, wf["jobs"])
+    assert [t.name for t in tabs] == ["8gaussians/status"]
+    assert dict(zip(tabs[0].frame["method"], tabs[0].frame["status"], strict=True)) == {
+        BASE: "failed (reflow)", REG: "missing", EXTRA: "missing"}
+    assert "failed (reflow)" in T.to_markdown(tabs[0]) and T.to_latex(tabs[0])
+
+
+def test_metrics_json_is_flat_and_stable(wf):
+    m = json.loads((wf["out"] / "metrics.json").read_text())
+    assert list(m) == sorted(m) and all(isinstance(v, float) for v in m.values())
+    table = _table(wf).set_index("method")
+    assert m[f"8gaussians/{REG}/nfe~1/w2_paired_teacher"] == pytest.approx(
+        table.loc[REG, "w2_paired_teacher.mean"])
+    assert f"8gaussians/{REG}/heldout_tm_loss" in m
+    assert "8gaussians/teacher_Euler/nfe~2/w2_paired_teacher" in m
+    assert not any(EXTRA in k for k in m)
+
+
+def test_cli_report(wf, tmp_path, capsys):
+    rc = cli.main(["report", "--runs", str(wf["runs"]), "--out", str(tmp_path / "r"),
+                   "--grid", str(wf["root"] / "grid.yaml"), "--no-figures"])
+    assert rc == 0 and "0 missing jobs" in capsys.readouterr().out
+    a = json.loads((tmp_path / "r/metrics.json").read_text())
+    assert a == json.loads((wf["out"] / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_every_figure_is_written(wf):
+    stems = F.expected_stems(wf["jobs"])
+    assert {s.split("_")[0] for s in stems} == {"nfe", "training", "local", "samples"}
+    written = {Path(p).name for p in wf["res"]["figures"]}
+    for stem in stems:
+        for ext in ("png", "pdf"):
+            p = wf["out"] / "figures" / f"{stem}.{ext}"
+            assert p.name in written and p.stat().st_size > 5000, p
+    assert not list((wf["out"] / "figures").glob(".*.tmp"))
+
+
+def test_heatmap_figure(tmp_path):
+    """lam x K heatmaps from long-form results (synthetic: the fixture grid has one K)."""
+    rng = np.random.default_rng(0)
+    methods = [f"K~{k}/lam~{lam}/ws~1.0" for k in (1, 2) for lam in (0.0, 0.1)]
+    rows = [{"dataset": "moons", "method": m, "seed": s, "run_id": 0, "nfe": n, "metric": met,
+             "value": float(rng.uniform(0.1, 1))}
+            for m in methods for s in (0, 1) for n in (1, 2)
+            for met in ("w2_paired_teacher", "mmd_data")]
+    paths = F.fig_heatmaps(pd.DataFrame(rows), "moons", methods, tmp_path)
+    assert [p.name for p in paths] == ["heatmap_moons.png", "heatmap_moons.pdf"]
+    assert all(p.stat().st_size > 5000 for p in paths)
+    assert F.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
+        "nfe_moons", "training_moons", "local_moons", "heatmap_moons", "samples_moons"]

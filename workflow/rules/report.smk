@@ -1,0 +1,52 @@
+# The report: tables, figures and a flat metrics summary of every evaluation, read back from the
+# Sacred run records (`reflowma report`; missing or failed grid points stay visible as rows).
+# `snakemake --report report.html` collects the figures marked with report() below, with the
+# captions in workflow/report/.
+from reflowma.report import figures as rfig
+
+report: "../report/workflow.rst"
+
+REPORT = f"{RESULTS}/report"
+
+
+# The report's PNG figures, flagged for `snakemake --report` (the local-audit figure only where
+# the evaluate stage runs the audit); reflowma.report.figures names them.
+_AUDIT = {key[0] for (stage, key), cfg in CONFIGS.items()
+          if stage == "evaluate" and cfg["audit"]["enabled"]}
+REPORT_FIGURES = [report(f"{REPORT}/figures/{f['stem']}.png",
+                         caption=f"../report/{f['kind']}.rst", category="Figures",
+                         subcategory=f["dataset"],
+                         labels={"dataset": f["dataset"], "figure": f["stem"]})
+                  for f in rfig.expected_figures(
+                      [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
+                  if f["kind"] != "local" or f["dataset"] in _AUDIT]
+
+
+rule report:
+    """Tables (Markdown, LaTeX, CSV), figures, metrics.json (for `dvc metrics diff`) and
+    missing.json from the run records of every evaluation."""
+    input:
+        all_evaluations(),
+    output:
+        metrics=f"{REPORT}/metrics.json",
+        tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst",
+                      category="Tables"),
+        missing=f"{REPORT}/missing.json",
+        plots=f"{REPORT}/plots/nfe.csv",
+        figures=REPORT_FIGURES,
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        py=PY,
+        runs=RUNS,
+        out=lambda wc, output: str(Path(output.metrics).parent),
+        grid=config["grid"],
+        preset=config["preset"],
+    conda:
+        "../../environment.yml"
+    threads: res("report", "threads", 1)
+    resources:
+        **slurm_resources("report"),
+    shell:
+        "{params.py} -m reflowma report --runs {params.runs} --out {params.out}"
+        " --grid {params.grid} --preset {params.preset} > {log} 2>&1"
