@@ -35,7 +35,7 @@ rule report:
         plots=f"{REPORT}/plots/nfe.csv",
         figures=REPORT_FIGURES,
     log:
-        f"{RESULTS}/logs/report.log",
+        f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output
     params:
         py=PY,
         runs=RUNS,
