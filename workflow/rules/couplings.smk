@@ -8,7 +8,6 @@ rule couplings:
     log:
         f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
     params:
-        py=PY,
         runs=RUNS,
     conda:
         "../../environment.yml"
@@ -16,7 +15,7 @@ rule couplings:
     resources:
         **slurm_resources("couplings"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.py} -m reflowma couplings"
+        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma couplings"
         " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
         " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"

@@ -10,7 +10,6 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
-        py=PY,
         runs=RUNS,
     conda:
         "../../environment.yml"
@@ -18,7 +17,7 @@ rule evaluate:
     resources:
         **slurm_resources("evaluate"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.py} -m reflowma evaluate"
+        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma evaluate"
         " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} --out {output}"
         " --runs {params.runs}"

@@ -11,7 +11,6 @@ rule reflow:
     log:
         f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
-        py=PY,
         runs=RUNS,
         out=lambda wc, output: str(Path(output.model).parent),
     conda:
@@ -20,7 +19,7 @@ rule reflow:
     resources:
         **slurm_resources("reflow"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.py} -m reflowma reflow"
+        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma reflow"
         " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out}"
         " --runs {params.runs}"

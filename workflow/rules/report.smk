@@ -31,13 +31,11 @@ rule report:
         metrics=f"{REPORT}/metrics.json",
         tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst",
                       category="Tables"),
-        missing=f"{REPORT}/missing.json",
         plots=f"{REPORT}/plots/nfe.csv",
         figures=REPORT_FIGURES,
     log:
         f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output
     params:
-        py=PY,
         runs=RUNS,
         out=lambda wc, output: str(Path(output.metrics).parent),
         grid=config["grid"],
@@ -48,5 +46,5 @@ rule report:
     resources:
         **slurm_resources("report"),
     shell:
-        "{params.py} -m reflowma report --runs {params.runs} --out {params.out}"
+        "\"$REFLOWMA_PY\" -m reflowma report --runs {params.runs} --out {params.out}"
         " --grid {params.grid} --preset {params.preset} > {log} 2>&1"

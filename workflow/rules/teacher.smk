@@ -8,7 +8,6 @@ rule teacher:
     log:
         f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
     params:
-        py=PY,
         runs=RUNS,
         out=lambda wc, output: str(Path(output.model).parent),
     conda:
@@ -17,6 +16,6 @@ rule teacher:
     resources:
         **slurm_resources("teacher"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.py} -m reflowma teacher"
+        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma teacher"
         " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"
