@@ -6,11 +6,11 @@ from pathlib import Path
 from reflowma import config as rcfg
 from reflowma import grid as rgrid
 
-# Jobs run `reflowma` with this workflow's own interpreter. It reaches them as an environment
-# variable (exported to local and Slurm jobs alike), not as a rule param: a param would make
-# Snakemake rerun every job after a move to another environment (e.g. a fresh clone's venv).
+# Jobs run `reflowma` with this workflow's own interpreter. It reaches them through the
+# environment (exported to local and Slurm jobs alike) and not as a param of the jobs, since a
+# changed param makes Snakemake rerun a job: every job, after a move to a fresh clone's venv.
 PY = sys.executable
-os.environ["REFLOWMA_PY"] = PY
+os.environ.update(REFLOWMA_PY=PY)
 try:  # workflow/schemas/workflow.schema.yaml
     rgrid.check_schema("workflow", dict(config), "config")
 except rcfg.ConfigError as e:
