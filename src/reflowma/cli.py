@@ -147,8 +147,21 @@ def _report(args) -> int:
     return 0
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere after the stage."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    extra = [a for a in rest if "=" in a and not a.startswith("-")]
+    unknown = [a for a in rest if a not in extra]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="[reflowma] %(message)s", stream=sys.stderr)
     from .storage.checkpoint import CheckpointError
     from .storage.couplings import CouplingsError
