@@ -41,9 +41,6 @@ bench: env
 repro: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Fetch results from the DVC remote, then mark them up to date for Snakemake (DVC restores
-# files in any order; without --touch Snakemake's timestamp check would rerun everything).
+# Fetch results from the DVC remote, then `snakemake --touch` (workflow/scripts/pull.sh).
 pull: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc pull
-	$(BIN)/snakemake --cores 1 --touch --config $$($(BIN)/python -c "import yaml; \
-	c = yaml.safe_load(open('params/config.yaml')); print(' '.join(f'{k}={v}' for k, v in c.items()))")
+	PATH="$(CURDIR)/$(BIN):$$PATH" workflow/scripts/pull.sh

@@ -41,18 +41,27 @@ def params_dir() -> Path:
     return repo_root() / "params"
 
 
-def load_yaml(path: str | Path) -> dict:
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: the problem and where (a MarkedYAMLError's str spans several lines)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def load_yaml(path: str | Path, what: str = "params") -> dict:
+    """A YAML mapping (``yaml.safe_load``: no Python tags); ``what`` names it in errors."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("params", f"file {str(path)!r} does not exist")
+        raise ConfigError(what, f"file {str(path)!r} does not exist")
     try:
         obj = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError("params", f"{str(path)!r} is not valid YAML: {e}") from None
+        raise ConfigError(what, f"{str(path)!r} is not valid YAML: {_yaml_problem(e)}") from None
     if obj is None:
         return {}
     if not isinstance(obj, dict):
-        raise ConfigError("params", f"{str(path)!r} must hold a mapping, got {type(obj).__name__}")
+        raise ConfigError(what, f"{str(path)!r} must hold a mapping, got {type(obj).__name__}")
     return obj
 
 
@@ -218,13 +227,43 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
     cfg = defaults(stage)
+    src = None  # the params file, named in errors about the values it set
     if preset is not None:
-        p = preset if isinstance(preset, dict) else load_yaml(preset_path(preset))
-        check_preset(p)
+        if isinstance(preset, dict):
+            p = preset
+        else:
+            src = preset_path(preset)
+            p = load_yaml(src)
+        try:
+            check_preset(p)
+        except ConfigError as e:
+            raise _in_file(e, src) from None
         cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
         cfg = deep_merge(cfg, p.get(stage) or {})
     cfg = apply_overrides(cfg, overrides, where=stage)
-    return validate(stage, cfg, schema_check)
+    try:
+        return validate(stage, cfg, schema_check)
+    except ConfigError as e:
+        if _set_by_override(e.field, overrides):
+            raise
+        raise _in_file(e, src) from None
+
+
+def _in_file(err: ConfigError, src: Path | None) -> ConfigError:
+    if src is None:
+        return err
+    return ConfigError(err.field, f"{str(err).split(': ', 1)[1]} (in params file {str(src)!r})")
+
+
+def _set_by_override(field: str, overrides) -> bool:
+    """Whether the field (``stage.a.b``) or a part of it was set by a ``key=value`` override."""
+    parts = field.split(".")[1:]
+    for item in overrides:
+        path = item[0] if isinstance(item, tuple) else parse_override(item)[0]
+        n = min(len(parts), len(path))
+        if parts[:n] == list(path[:n]):
+            return True
+    return False
 
 
 def field_docs(stage: str) -> list[tuple[str, str, object]]:

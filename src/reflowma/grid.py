@@ -72,7 +72,7 @@ def grid_path(name_or_path: str) -> Path:
 
 
 def load_grid(name_or_path: str) -> dict:
-    g = config.load_yaml(grid_path(name_or_path))
+    g = config.load_yaml(grid_path(name_or_path), "grid")
     check_schema("grid", g, "grid")
     return g
 
@@ -80,6 +80,14 @@ def load_grid(name_or_path: str) -> dict:
 def expand(grid: dict) -> list[Point]:
     axes = list(grid["axes"].items())
     excl = grid.get("exclude", [])
+    for i, e in enumerate(excl):  # a typo would otherwise exclude nothing, silently
+        for k, v in e.items():
+            if k not in grid["axes"]:
+                raise config.ConfigError(f"grid.exclude.{i}.{k}", "is not an axis of the grid; "
+                                         f"allowed: {', '.join(grid['axes'])}")
+            if v not in grid["axes"][k]:
+                raise config.ConfigError(f"grid.exclude.{i}.{k}", f"{v!r} is not a value of "
+                                         f"that axis; allowed: {grid['axes'][k]}")
     points = []
     for dataset in grid["datasets"]:
         for seed in grid["seeds"]:

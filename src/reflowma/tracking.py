@@ -54,6 +54,10 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
     @ex.main
     def _main(_run):
         _run.info.update({"job": job, "stage": stage, **(info or {})})
+        # write info.json now, not at the first heartbeat (10 s in): a job killed outright
+        # (SIGKILL, OOM, node failure) still leaves a record that names the job
+        if hasattr(_run, "_emit_heartbeat"):
+            _run._emit_heartbeat()
 
         def on_log(row):
             for k, v in row.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .storage import checkpoint
+from .storage import atomic, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     ema = copy.deepcopy(model).requires_grad_(False)
     history: list[dict] = []
     start = 0
+    atomic.sweep_stale(state_path)  # temporary files of a writer that was killed outright
     if state_path.exists():
         st = checkpoint.load(state_path)
         if st.get("fingerprint") == fingerprint:

@@ -64,9 +64,11 @@ def test_smoke_grid_on_slurm(local_slurm, tmp_path):
         jobs = _jobs_by_rule(log)
         print({rule: ids for rule, ids in jobs.items()})
         assert {r: len(v) for r, v in jobs.items()} == {"teacher": 1, "couplings": 1,
-                                                         "reflow": 2, "evaluate": 2}, jobs
+                                                         "reflow": 2, "evaluate": 2,
+                                                         "report": 1}, jobs
         want = {"teacher": ("1100M", "00:11:00"), "couplings": ("1000M", "00:10:00"),
-                "reflow": ("1200M", "00:12:00"), "evaluate": ("1000M", "00:10:00")}
+                "reflow": ("1200M", "00:12:00"), "evaluate": ("1000M", "00:10:00"),
+                "report": ("1000M", "00:10:00")}
         for rule, ids in jobs.items():
             for jid in ids:
                 job = scontrol_job(jid)

@@ -51,17 +51,18 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
                          f"regularizer.exact_max_dim = {reg['exact_max_dim']}, data has d = {d}; "
                          "allowed here: trace, hutchinson")
     if cfg["init"] == "teacher" and cfg["net"] != meta["net"]:
-        raise ValueError(f"reflow.net: {cfg['net']} differs from the teacher's {meta['net']}; "
-                         "init: teacher needs the same network (or set init: scratch)")
+        raise ValueError(f"reflow.net: {cfg['net']} differs from the net {meta['net']} of "
+                         f"teacher {str(teacher_path)!r}; init: teacher needs the same network "
+                         "(or set init: scratch)")
     return teacher, meta, sha, C
 
 
 def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = device(cfg["device"])
     teacher, meta, sha, C = check_inputs(cfg, couplings_path, teacher_path, dev)
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     K, shape = cfg["K"], tuple(meta["data_shape"])
     ends = load_ends(C, "train", K)
     torch.manual_seed(derive(cfg["seed"], "student-init"))

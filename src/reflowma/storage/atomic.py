@@ -1,13 +1,66 @@
-"""Atomic writes: write to a temporary file in the same folder, fsync, then ``os.replace``."""
+"""Atomic writes: write to a temporary file in the same folder, fsync, then ``os.replace``.
+
+A writer holds an ``flock`` on its temporary file while it writes. A writer killed outright
+(SIGKILL, OOM, node failure) leaves its ``.<name>.*.tmp`` behind with no lock held;
+``sweep_stale`` removes such files (the next write of the same file does it), and never a file
+that a live writer, in this or another process, still holds.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, no sweeping
+    fcntl = None
+
+
+def _tmp_pattern(path: Path) -> str:
+    return str(path.parent / f".{glob.escape(path.name)}.*.tmp")
+
+
+def sweep_stale(path: str | Path) -> list[Path]:
+    """Remove temporary files of ``path`` left by killed writers; returns those removed."""
+    if fcntl is None:
+        return []
+    removed = []
+    for name in glob.glob(_tmp_pattern(Path(path))):
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(name).st_ino:  # still the file we locked
+                os.unlink(name)
+                removed.append(Path(name))
+        except OSError:  # locked: a live writer; or already replaced/removed
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _locked_tmp(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path``, flocked by the returned descriptor."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a sweep may have removed it between mkstemp and flock: then take another
+            if os.fstat(fd).st_ino == os.stat(tmp).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -15,12 +68,13 @@ def atomic_path(path: str | Path, fsync: bool = True):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     ``fsync=False`` skips flushing to disk (still atomic for readers; for small files that are
-    cheap to regenerate, where thousands of fsyncs would dominate).
+    cheap to regenerate, where thousands of fsyncs would dominate). Temporary files of ``path``
+    left by killed writers are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    sweep_stale(path)
+    fd, tmp = _locked_tmp(path)  # the lock (on fd) is held until the file is in place
     try:
         yield Path(tmp)
         if fsync:
@@ -31,6 +85,7 @@ def atomic_path(path: str | Path, fsync: bool = True):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:

@@ -31,8 +31,17 @@ def load(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated/corrupt zip, foreign pickle, ...
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable or corrupt: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        text = str(e)
+        if "Weights only load failed" in text:  # torch's hint is to retry unsafely: not here
+            what = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln),
+                        "a Python object that is not a tensor or plain data")
+            raise CheckpointError(f"checkpoint {str(path)!r} refused: it holds code or objects "
+                                  f"that a weights-only load does not allow ({what[:200]}); "
+                                  "reflowma checkpoints hold only tensors and plain data"
+                                  ) from None
+        first = text.splitlines()[0][:200] if text else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable or corrupt "
+                              f"(truncated?): {type(e).__name__}: {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a reflowma checkpoint")
     return obj
