@@ -147,6 +147,21 @@ def _report(args) -> int:
     return 0
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, so Sacred's output capture sees the log."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def parse(argv=None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` overrides may stand anywhere after the stage."""
     parser = build_parser()
@@ -162,7 +177,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="[reflowma] %(message)s", stream=sys.stderr)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("[reflowma] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     from .storage.checkpoint import CheckpointError
     from .storage.couplings import CouplingsError
     from .train import Interrupted, NonFiniteLoss

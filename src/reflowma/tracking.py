@@ -26,6 +26,23 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+PACKAGES = ("reflowma", "torch", "numpy", "scipy", "h5py", "pot", "scikit-learn", "torchdiffeq",
+            "pandas", "pyyaml", "jsonschema", "sacred", "snakemake", "dvc")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a run's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None):
     """Run ``fn(cfg, on_log) -> metrics`` as one Sacred run; returns the metrics."""
     from sacred import SETTINGS, Experiment
@@ -39,6 +56,9 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
         STATUS = "INTERRUPTED"
 
     ex = Experiment(f"reflowma.{stage}", save_git_info=True)
+    packages = package_versions()
+    for name, version in packages.items():  # Sacred's parser refuses local labels (+cpu)
+        ex.add_package_dependency(name, version.split("+")[0])
     from sacred.utils import apply_backspaces_and_linefeeds
 
     ex.captured_out_filter = apply_backspaces_and_linefeeds
@@ -53,7 +73,7 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
 
     @ex.main
     def _main(_run):
-        _run.info.update({"job": job, "stage": stage, **(info or {})})
+        _run.info.update({"job": job, "stage": stage, "packages": packages, **(info or {})})
         # write info.json now, not at the first heartbeat (10 s in): a job killed outright
         # (SIGKILL, OOM, node failure) still leaves a record that names the job
         if hasattr(_run, "_emit_heartbeat"):
