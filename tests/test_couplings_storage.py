@@ -12,7 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from reflowma import cli
 from reflowma.storage.couplings import Couplings, CouplingsError, CouplingsWriter, partial_path
@@ -24,14 +23,6 @@ COUNTS = {"train": 7, "test": 4}
 REFLOWMA = [sys.executable, "-m", "reflowma.cli"]
 # the generation that gets killed: 20 chunks of ~50 ms each, so there is time to signal it
 BIG = ["n_train=20000", "n_test=100", "chunk_size=1000", "steps=16"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is faster and steadier here
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ S = np.array([[1.0, 0.5], [0.5, 0.6]])
 L = np.linalg.cholesky(S)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is faster and steadier here
-    yield
-    torch.set_num_threads(n)
-
-
 def v_star(x: np.ndarray, t: np.ndarray, mu=MU, S=S) -> np.ndarray:
     eye = np.eye(len(mu))
     C = (1 - t)[:, None, None] ** 2 * eye + t[:, None, None] ** 2 * S       # [B, d, d]
