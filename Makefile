@@ -27,7 +27,7 @@ test: env
 	$(BIN)/python -m pytest
 
 test-slow: env
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m "slow or not slow"  # everything, slow-marked tests included
 
 lint: env
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -128,13 +128,14 @@ def test_default_path_opens_no_connection(smoke):
     """The four stages with run records, in-process, with every way to the network closed off
     and the proxies pointing at a closed local port (the ``smoke`` fixture): no attempt, all
     written. The same through snakemake in a network namespace:
-    test_smoke_pipeline_runs_without_network (slow)."""
+    test_smoke_pipeline_runs_without_network."""
     assert smoke["attempts"] == []
     assert set(json.loads(smoke["eval"].read_text())["nfe"]) == {"1", "2", "4"}
     assert [r["run"]["status"] for r in records(smoke["runs"])] == ["COMPLETED"] * 4
 
 
-@pytest.mark.slow  # the whole smoke workflow: 7 processes, ~30-40 s on 2 shared cores
+# The whole smoke workflow (8 processes, ~30-60 s on 2 shared cores): in the default run, since
+# "no network in any default path" is worth its minute.
 def test_smoke_pipeline_runs_without_network(tmp_path):
     """snakemake (preset smoke, grid smoke) in a network namespace with only a loopback, every
     proxy variable pointing at a closed local port: it completes, evaluations written."""
