@@ -180,8 +180,6 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
             raise ConfigError("reflow.regularizer.windows",
                               f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
-    if stage == "evaluate" and cfg["audit"]["enabled"] and cfg["data"]["name"] == "digits":
-        pass  # the audit falls back to Hutchinson divergence above audit.max_dim
     return cfg
 
 

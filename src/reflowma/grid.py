@@ -38,10 +38,6 @@ class Point:
     fields: tuple  # ((dotted field, value), ...) in axis order
     name: str = field(compare=False)
 
-    @property
-    def K(self) -> int:
-        return int(dict(self.fields).get("K", 1))
-
 
 @cache
 def _validator(name: str):

@@ -46,7 +46,7 @@ def lr_factor(step: int, cfg: dict) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
 
-class _Signals:
+class PreemptionSignals:
     """Turn SIGTERM/SIGINT into a flag checked at step boundaries."""
 
     def __init__(self):
@@ -104,7 +104,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
                mininterval=1.0, dynamic_ncols=True)
-    with _Signals() as sig:
+    with PreemptionSignals() as sig:
         for step in bar:
             if sig.received is not None:
                 save_state(step)

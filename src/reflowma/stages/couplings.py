@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .. import interpolant, solvers
 from ..seeding import device, generator
 from ..storage.couplings import SPLITS, Couplings, CouplingsWriter
-from ..train import Interrupted, _Signals
+from ..train import Interrupted, PreemptionSignals
 from .common import check_same_data, load_model
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     log.info("couplings: %d train + %d test pairs, %s with %d steps, times %s",
              cfg["n_train"], cfg["n_test"], cfg["solver"], cfg["steps"], attrs["times"])
     try:
-        with _Signals() as sig, tqdm(total=total, initial=done, desc="couplings",
+        with PreemptionSignals() as sig, tqdm(total=total, initial=done, desc="couplings",
                                      mininterval=1.0) as bar:
             for split in SPLITS:
                 for c in range(writer.chunks_done(split), writer.n_chunks(split)):
