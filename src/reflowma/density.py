@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy.special import digamma, gammaln
 
+from .autodiff import batch_jacobian
+
 LOG2PI = math.log(2 * math.pi)
 
 
@@ -168,12 +170,8 @@ def _logdet_step(v, x: torch.Tensor, t: float, h: float):
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         vx = v(xg, _tvec(t, xg))
-        vf = _flat(vx)
-        d = vf.shape[1]
-        rows = [_flat(torch.autograd.grad(vf[:, i].sum(), xg, retain_graph=i < d - 1)[0])
-                for i in range(d)]
-    J = torch.stack(rows, dim=1)
-    M = torch.eye(d, dtype=J.dtype, device=J.device) + h * J
+        J = batch_jacobian(vx, xg)
+    M = torch.eye(J.shape[1], dtype=J.dtype, device=J.device) + h * J
     sign, logabs = torch.linalg.slogdet(M)
     return (x + h * vx).detach(), logabs.detach(), (sign * torch.exp(logabs)).detach()
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from .autodiff import batch_jacobian
+
 
 def w2_paired(a: torch.Tensor, b: torch.Tensor) -> float:
     """RMS distance of paired samples (same z): an upper bound on W2 via that coupling."""
@@ -49,10 +51,7 @@ def mmd(a: torch.Tensor, b: torch.Tensor, bandwidths, scale: float | None = None
 def jacobian(f, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """Per-sample Jacobian ``[B, d, d]`` of a map applied row-wise to ``x`` ``[B, d]``."""
     x = x.detach().requires_grad_(True) if not x.requires_grad else x
-    y = f(x)
-    rows = [torch.autograd.grad(y[:, i].sum(), x, create_graph=create_graph, retain_graph=True)[0]
-            for i in range(y.shape[1])]
-    return torch.stack(rows, dim=1)
+    return batch_jacobian(f(x), x, create_graph)
 
 
 def fold_fraction(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from .autodiff import batch_jacobian
 from .interpolant import score_from_velocity
 
 LOGDET_MODES = ("exact", "trace", "hutchinson")
@@ -42,21 +43,15 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
 
 def logdet_exact(vx: torch.Tensor, x: torch.Tensor, h: float, delta: float | None):
     """(barrier log|det(I + h J)| ``[B]``, det ``[B]``); ``vx = v(x)``, x requiring grad."""
-    vf = _flat(vx)
-    d = vf.shape[1]
-    rows = [_flat(torch.autograd.grad(vf[:, i].sum(), x, create_graph=True)[0]) for i in range(d)]
-    J = torch.stack(rows, dim=1)
-    M = torch.eye(d, dtype=J.dtype, device=J.device) + h * J
+    J = batch_jacobian(vx, x, create_graph=True)
+    M = torch.eye(J.shape[1], dtype=J.dtype, device=J.device) + h * J
     det = torch.linalg.det(M)
     return barrier_log(det, delta), det
 
 
 def logdet_trace(vx: torch.Tensor, x: torch.Tensor, h: float) -> torch.Tensor:
     """``h tr J`` with the exact trace (d vector-Jacobian products)."""
-    vf = _flat(vx)
-    tr = sum(_flat(torch.autograd.grad(vf[:, i].sum(), x, create_graph=True)[0])[:, i]
-             for i in range(vf.shape[1]))
-    return h * tr
+    return h * torch.diagonal(batch_jacobian(vx, x, create_graph=True), dim1=1, dim2=2).sum(-1)
 
 
 def logdet_hutchinson(vx: torch.Tensor, x: torch.Tensor, h: float, n_probes: int,
