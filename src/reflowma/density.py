@@ -21,6 +21,7 @@ import torch
 from scipy.special import digamma, gammaln
 
 from .autodiff import batch_jacobian
+from .solvers import time_vector
 
 LOG2PI = math.log(2 * math.pi)
 
@@ -35,10 +36,6 @@ def std_normal_logp(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (zf.pow(2).sum(-1) + zf.shape[1] * LOG2PI)
 
 
-def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-
-
 def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
     """(v(x, t), div_x v): exact if ``probes`` is None (one backward through d copies of the
     batch), else the Hutchinson mean over the given Rademacher probes ``[P, *x.shape]``."""
@@ -47,13 +44,13 @@ def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
             # one forward/backward on d copies of the batch, copy i seeded with the basis e_i
             B, d = x.shape[0], _flat(x).shape[1]
             xg = x.detach().repeat(d, *([1] * (x.dim() - 1))).requires_grad_(True)
-            vx = v(xg, _tvec(t, xg))
+            vx = v(xg, time_vector(t, xg))
             E = torch.eye(d, dtype=x.dtype, device=x.device).repeat_interleave(B, dim=0)
             g = torch.autograd.grad(vx, xg, grad_outputs=E.reshape(vx.shape))[0]
             div = (_flat(g) * E).sum(-1).reshape(d, B).sum(0)
             return vx[:B].detach(), div.detach()
         xg = x.detach().requires_grad_(True)
-        vx = v(xg, _tvec(t, xg))
+        vx = v(xg, time_vector(t, xg))
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         P = probes.shape[0]
         for p in range(P):
@@ -169,7 +166,7 @@ def _logdet_step(v, x: torch.Tensor, t: float, h: float):
     """(x + h v(x, t), log|det(I + h J)|, det) for one Euler step, exact Jacobian."""
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        vx = v(xg, _tvec(t, xg))
+        vx = v(xg, time_vector(t, xg))
         J = batch_jacobian(vx, xg)
     M = torch.eye(J.shape[1], dtype=J.dtype, device=J.device) + h * J
     sign, logabs = torch.linalg.slogdet(M)

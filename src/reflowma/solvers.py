@@ -16,23 +16,24 @@ FIXED = ("euler", "heun", "rk4")
 METHODS = FIXED + ("dopri5",)
 
 
-def _tvec(t: float, x: torch.Tensor) -> torch.Tensor:
+def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
+    """The time t as a ``[B]`` tensor matching x's batch, dtype and device."""
     return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
 def step(v, x: torch.Tensor, t: float, h: float, method: str) -> torch.Tensor:
     """One step of size h from time t."""
     if method == "euler":
-        return x + h * v(x, _tvec(t, x))
+        return x + h * v(x, time_vector(t, x))
     if method == "heun":
-        k1 = v(x, _tvec(t, x))
-        k2 = v(x + h * k1, _tvec(t + h, x))
+        k1 = v(x, time_vector(t, x))
+        k2 = v(x + h * k1, time_vector(t + h, x))
         return x + 0.5 * h * (k1 + k2)
     if method == "rk4":
-        k1 = v(x, _tvec(t, x))
-        k2 = v(x + 0.5 * h * k1, _tvec(t + 0.5 * h, x))
-        k3 = v(x + 0.5 * h * k2, _tvec(t + 0.5 * h, x))
-        k4 = v(x + h * k3, _tvec(t + h, x))
+        k1 = v(x, time_vector(t, x))
+        k2 = v(x + 0.5 * h * k1, time_vector(t + 0.5 * h, x))
+        k3 = v(x + 0.5 * h * k2, time_vector(t + 0.5 * h, x))
+        k4 = v(x + h * k3, time_vector(t + h, x))
         return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     raise ValueError(f"unknown fixed-step solver {method!r}; allowed: {', '.join(FIXED)}")
 
@@ -93,5 +94,5 @@ def euler_sample(v, z: torch.Tensor, grid, grad: bool = False) -> torch.Tensor:
     x = z
     with ctx:
         for a, b in zip(grid[:-1], grid[1:], strict=True):
-            x = x + (b - a) * v(x, _tvec(a, x))
+            x = x + (b - a) * v(x, time_vector(a, x))
     return x
