@@ -125,7 +125,7 @@ def _validator(stage: str):
     return Draft202012Validator({"$ref": f"#/$defs/{stage}", "$defs": s["$defs"]})
 
 
-def _describe(err, stage: str) -> ConfigError:
+def schema_error(err, stage: str) -> ConfigError:
     field = ".".join([stage, *[str(p) for p in err.absolute_path]])
     kw, inst, sch = err.validator, err.instance, err.schema
     if kw == "additionalProperties":
@@ -165,7 +165,7 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
     if errors:
         from jsonschema.exceptions import best_match
 
-        raise _describe(best_match(errors), stage)
+        raise schema_error(best_match(errors), stage)
     data = cfg["data"]
     if data["name"] == "file":
         path = data.get("path")

@@ -52,7 +52,7 @@ def check_schema(name: str, obj, where: str) -> None:
 
     err = best_match(_validator(name).iter_errors(obj))
     if err is not None:
-        raise config._describe(err, where)
+        raise config.schema_error(err, where)
 
 
 def grid_path(name_or_path: str) -> Path:
