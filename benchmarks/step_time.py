@@ -12,7 +12,9 @@ import time
 
 import torch
 
-from reflowma import interpolant, losses, nets, regularizer
+from reflowma.core import interpolant, losses
+from reflowma.models import mlp
+from reflowma.objectives import marginal as regularizer
 
 
 def make_step(arm: str, v, opt, ends, K, batch, gen, dev):
@@ -51,7 +53,7 @@ def main():
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    v = nets.MLPVelocity((args.dim,), args.width, 3).to(dev)
+    v = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev)
     ends = torch.randn(4096, args.K + 1, args.dim)
     arms = ["tm", "tm+ws", "reg_exact", "reg_trace", "reg_hutchinson"]
     if args.dim > 16:

@@ -8,7 +8,9 @@ import pytest
 import torch
 from scipy.special import polygamma
 
-from reflowma import audit, config, density, gmm
+from reflowma.core import gmm
+from reflowma.evaluation import audit, density
+from reflowma.infra import config
 from reflowma.stages import couplings, evaluate, reflow, teacher
 
 DT = torch.float64

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from reflowma import cli
-from reflowma.storage.couplings import Couplings, CouplingsError, CouplingsWriter, partial_path
+from reflowma.infra.storage.couplings import (
+    Couplings,
+    CouplingsError,
+    CouplingsWriter,
+    partial_path,
+)
 
 ATTRS = {"teacher_sha256": "ab" * 32, "solver": "rk4", "steps": 8, "seed": 3,
          "windows": [1, 2], "times": [0.0, 0.5, 1.0], "n_train": 7, "n_test": 4,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reflowma import cli
-from reflowma.storage.atomic import sha256
+from reflowma.infra.storage.atomic import sha256
 
 TIMING = ("seconds", "seconds_per_step")
 

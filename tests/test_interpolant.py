@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from reflowma import gmm, interpolant, time_samplers
+from reflowma.core import gmm, interpolant, time_samplers
 
 
 def _ref_piecewise(ends: np.ndarray, t: np.ndarray, K: int):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from reflowma import regularizer
+from reflowma.objectives import marginal as regularizer
 
 DT = torch.float64
 

@@ -19,10 +19,7 @@ import yaml
 from scipy import stats
 
 from reflowma import cli
-from reflowma.report import build_report
-from reflowma.report import figures as F
-from reflowma.report import tables as T
-from reflowma.runs import (
+from reflowma.infra.runs import (
     RunRecordWarning,
     expected_jobs,
     latest_completed,
@@ -30,6 +27,9 @@ from reflowma.runs import (
     missing_jobs,
     parse_job,
 )
+from reflowma.report import build_report
+from reflowma.report import figures as F
+from reflowma.report import tables as T
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")

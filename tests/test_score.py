@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from reflowma import regularizer
-from reflowma.interpolant import score_from_velocity
+from reflowma.core.interpolant import score_from_velocity
+from reflowma.objectives import marginal as regularizer
 
 DT = torch.float64
 MU = torch.tensor([1.0, -2.0], dtype=DT)

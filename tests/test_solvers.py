@@ -12,9 +12,11 @@ import torch
 import torchdiffeq
 from scipy.linalg import expm
 
-from reflowma import nets, solvers
+from reflowma import models
 
 # dx/dt = a(t) A x with a(t) = 1 + t (time-dependent, commuting with itself at all t), so
+from reflowma.core import solvers
+
 # x(t) = expm((t + t^2 / 2) A) x0 exactly.
 A = np.array([[-0.5, 2.0], [-1.5, -0.3]])
 A_T = torch.tensor(A)
@@ -116,7 +118,7 @@ def test_sample_grid_rejects_nfe_0():
 
 def test_euler_sample_equals_manual_euler():
     torch.manual_seed(0)
-    v = nets.build((2,), {"width": 16, "depth": 2, "activation": "silu", "time_embed_dim": 8})
+    v = models.build((2,), {"width": 16, "depth": 2, "activation": "silu", "time_embed_dim": 8})
     z = torch.randn(32, 2)
     grid = [0.0, 0.1, 0.5, 0.55, 1.0]
     x = z.clone()

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from reflowma import cli, config, gmm
+from reflowma import cli
+from reflowma.core import gmm
 from reflowma.data import registry
+from reflowma.infra import config
 from reflowma.stages import teacher
 from reflowma.stages.common import load_model
 

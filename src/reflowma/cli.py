@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import config
+from reflowma.infra import config
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
     th = sub.add_parser("theory", help="closed-form checks of the paper's theorems")
     tsub = th.add_subparsers(dest="theory", required=True)
-    from .theory import counterexample as ce
+    from reflowma.theory import counterexample as ce
 
     c = tsub.add_parser("counterexample", help="Theorem 1: equal TM loss, different marginals")
     c.add_argument("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"))
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_stage(args) -> dict:
-    from .stages import couplings, evaluate, reflow, teacher
+    from reflowma.stages import couplings, evaluate, reflow, teacher
 
     cfg = config.stage_config(args.stage, args.params, args.overrides)
     if args.print_config:
@@ -117,7 +117,7 @@ def _run_stage(args) -> dict:
         attach = [out]
     if not args.runs:
         return fn(cfg, None)
-    from .tracking import recorded
+    from reflowma.infra.tracking import recorded
 
     inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
               if getattr(args, k, None)}
@@ -126,8 +126,8 @@ def _run_stage(args) -> dict:
 
 
 def _report(args) -> int:
-    from . import grid as rgrid
-    from .report import build_report, expected_from_grid
+    from reflowma.infra import grid as rgrid
+    from reflowma.report import build_report, expected_from_grid
 
     base = Path("results") / Path(args.preset).stem if args.preset else None
     runs = args.runs or (base / "runs" if base else None)
@@ -180,15 +180,16 @@ def main(argv=None) -> int:
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("[reflowma] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    from .storage.checkpoint import CheckpointError
-    from .storage.couplings import CouplingsError
-    from .train import Interrupted, NonFiniteLoss
+    from reflowma.infra.signals import Interrupted
+    from reflowma.infra.storage.checkpoint import CheckpointError
+    from reflowma.infra.storage.couplings import CouplingsError
+    from reflowma.training.loop import NonFiniteLoss
 
     try:
         if args.stage == "report":
             return _report(args)
         if args.stage == "theory":
-            from .theory import counterexample as ce
+            from reflowma.theory import counterexample as ce
 
             sigma = [args.sigma[:2], args.sigma[2:]]
             res = ce.write_counterexample(args.out, args.mu, sigma, args.angle, args.nfe)

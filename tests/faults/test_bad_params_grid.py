@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reflowma import grid
-from reflowma.config import ConfigError, params_dir
+from reflowma.infra import grid
+from reflowma.infra.config import ConfigError, params_dir
 
 GRID = {"datasets": ["8gaussians"], "seeds": [0], "axes": {"K": [1, 2]}}
 PRESET = yaml.safe_load((params_dir() / "presets" / "smoke.yaml").read_text())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from reflowma.storage import checkpoint
-from reflowma.storage.atomic import sha256, write_json
+from reflowma.infra.storage import checkpoint
+from reflowma.infra.storage.atomic import sha256, write_json
 
 from .conftest import REFLOWMA, env, records
 

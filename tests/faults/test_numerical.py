@@ -27,7 +27,7 @@ def test_huge_learning_rate_fails_cleanly(tmp_path, smoke, capsys, real_stderr, 
     (rec,) = records_of(runs, "diverging")
     assert rec["run"]["status"] == "FAILED"
     trace = "".join(rec["run"]["fail_trace"])
-    assert "Traceback" in trace and "reflowma.train.NonFiniteLoss: " in trace
+    assert "Traceback" in trace and "reflowma.training.loop.NonFiniteLoss: " in trace
     assert lines[0].split("error: ", 1)[1] in trace  # the record holds the same message
     model = "teacher.pt" if stage == "teacher" else "student.pt"
     assert not (out / model).exists() and not (out / "metrics.json").exists()

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reflowma.storage import checkpoint
-from reflowma.storage.atomic import write_json
+from reflowma.infra.storage import checkpoint
+from reflowma.infra.storage.atomic import write_json
 
 from .conftest import (
     REFLOWMA,
@@ -172,7 +172,7 @@ def test_interrupt_then_resume_is_bit_identical(name, interrupted, reference, ca
 _WRITER = """
 import sys, time
 from pathlib import Path
-from reflowma.storage.atomic import atomic_path
+from reflowma.infra.storage.atomic import atomic_path
 out = Path(sys.argv[1])
 with atomic_path(out / "state.pt") as a, atomic_path(out / "teacher.pt") as b, \\
         atomic_path(out.parent / "eval.json") as c:

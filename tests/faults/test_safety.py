@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reflowma import grid
-from reflowma.config import ConfigError
-from reflowma.storage import checkpoint
+from reflowma.infra import grid
+from reflowma.infra.config import ConfigError
+from reflowma.infra.storage import checkpoint
 
 from .conftest import PROXIES, REPO, env, error_lines, records, run_cli
 

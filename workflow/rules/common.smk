@@ -3,8 +3,8 @@ import os
 import sys
 from pathlib import Path
 
-from reflowma import config as rcfg
-from reflowma import grid as rgrid
+from reflowma.infra import config as rcfg
+from reflowma.infra import grid as rgrid
 
 # Jobs run `reflowma` with this workflow's own interpreter. It reaches them through the
 # environment (exported to local and Slurm jobs alike) and not as a param of the jobs, since a

@@ -6,5 +6,5 @@ the seeded generator, finite datasets are resampled with replacement.
 
 from __future__ import annotations
 
-from .registry import DATASETS, data_shape, load  # noqa: F401
-from .toys import TOYS, sample_toy  # noqa: F401
+from reflowma.data.registry import DATASETS, data_shape, load  # noqa: F401
+from reflowma.data.toys import TOYS, sample_toy  # noqa: F401

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .toys import TOYS, sample_toy
+from reflowma.data.toys import TOYS, sample_toy
 
 DATASETS = tuple(TOYS) + ("digits", "file")
 FILE_SUFFIXES = (".npy", ".csv", ".h5", ".hdf5")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..gmm import eight_gaussians
+from reflowma.core.gmm import eight_gaussians
 
 
 def _8gaussians(n, g):

@@ -22,9 +22,9 @@ import logging
 import math
 from pathlib import Path
 
-from ..runs import load_runs, missing_jobs
-from ..storage.atomic import atomic_path, write_json
-from . import tables as T
+from reflowma.infra.runs import load_runs, missing_jobs
+from reflowma.infra.storage.atomic import atomic_path, write_json
+from reflowma.report import tables as T
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ __all__ = ["build_report", "expected_from_grid", "flat_metrics"]
 
 def expected_from_grid(grid: str) -> list[str]:
     """Evaluate job names of a grid (``evaluate/<dataset>/seed~<s>/<point>``)."""
-    from ..runs import expected_jobs
+    from reflowma.infra.runs import expected_jobs
 
     return expected_jobs(grid, "evaluate")
 
@@ -148,7 +148,7 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True) ->
     write_json(out_dir / "missing.json", missing)
     figs = []
     if figures:
-        from . import figures as F
+        from reflowma.report import figures as F
 
         stems = F.expected_stems(expected) if expected is not None else ()
         figs = F.make_figures(runs, tables, out_dir / "figures", stems)

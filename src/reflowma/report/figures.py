@@ -27,9 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..runs import latest_completed, parse_point  # noqa: E402
-from ..storage.atomic import atomic_path  # noqa: E402
-from . import tables as T  # noqa: E402
+from reflowma.infra.runs import latest_completed, parse_point  # noqa: E402
+from reflowma.infra.storage.atomic import atomic_path  # noqa: E402
+from reflowma.report import tables as T  # noqa: E402
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
@@ -224,8 +224,8 @@ def expected_figures(jobs) -> list[dict]:
     """The figures a report of these evaluate jobs writes (placeholders stand in where data
     are missing): ``[{kind, dataset, stem}]`` with ``stem`` the file name without extension.
     The workflow's report rule declares its outputs from this."""
-    from ..data.toys import TOYS
-    from ..runs import parse_job
+    from reflowma.data.toys import TOYS
+    from reflowma.infra.runs import parse_job
 
     by_ds = {}
     for j in jobs:
@@ -477,9 +477,11 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
     import torch
     from matplotlib.lines import Line2D
 
-    from .. import data, metrics, solvers
-    from ..seeding import generator
-    from ..stages.common import load_model
+    from reflowma import data
+    from reflowma.core import solvers
+    from reflowma.core.seeding import generator
+    from reflowma.evaluation import metrics
+    from reflowma.stages.common import load_model
 
     seed, ev = _sample_runs(runs, dataset)
     if seed is None:

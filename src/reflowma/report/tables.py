@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..runs import latest_completed, parse_point
+from reflowma.infra.runs import latest_completed, parse_point
 
 # name -> (label, unit); lower is better for all of them.
 METRICS = {
@@ -144,7 +144,7 @@ def plan(runs: pd.DataFrame, expected_jobs=None) -> pd.DataFrame:
     evaluate job never run, the first upstream job (reflow, couplings, teacher) that did not
     complete is named: ``FAILED (reflow)``.
     """
-    from ..runs import parse_job
+    from reflowma.infra.runs import parse_job
 
     if expected_jobs is None:
         jobs = runs.loc[(runs["stage"] == "evaluate") & runs["job"].notna()]

@@ -6,16 +6,16 @@ import json
 
 import torch
 
-from .. import nets
-from ..storage import checkpoint
-from ..storage.atomic import sha256
+from reflowma import models
+from reflowma.infra.storage import checkpoint
+from reflowma.infra.storage.atomic import sha256
 
 
 def load_model(path, kind: str, device: torch.device | str = "cpu"):
     """(model in eval mode with frozen weights, meta, sha256) from a model file."""
     obj = checkpoint.load_model_file(path, kind)
     meta = obj["meta"]
-    model = nets.build(tuple(meta["data_shape"]), meta["net"])
+    model = models.build(tuple(meta["data_shape"]), meta["net"])
     checkpoint.load_weights(model, obj["model"], path)
     model.eval().requires_grad_(False)
     return model.to(device), meta, sha256(path)

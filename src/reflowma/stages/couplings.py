@@ -7,11 +7,11 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from .. import interpolant, solvers
-from ..seeding import device, generator
-from ..storage.couplings import SPLITS, Couplings, CouplingsWriter
-from ..train import Interrupted, PreemptionSignals
-from .common import check_same_data, load_model
+from reflowma.core import interpolant, solvers
+from reflowma.core.seeding import device, generator
+from reflowma.infra.signals import Interrupted, PreemptionSignals
+from reflowma.infra.storage.couplings import SPLITS, Couplings, CouplingsWriter
+from reflowma.stages.common import check_same_data, load_model
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,14 @@ from functools import partial
 
 import torch
 
-from .. import data, losses, metrics, solvers
-from ..seeding import generator
-from ..storage.atomic import write_json
-from ..storage.couplings import Couplings
-from .common import check_same_data, load_model
-from .reflow import load_ends
+from reflowma import data
+from reflowma.core import losses, solvers
+from reflowma.core.seeding import generator
+from reflowma.evaluation import metrics
+from reflowma.infra.storage.atomic import write_json
+from reflowma.infra.storage.couplings import Couplings
+from reflowma.stages.common import check_same_data, load_model
+from reflowma.stages.reflow import load_ends
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,8 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     """Marginal audit (DESIGN.md section 4): per-NFE KL/TV against the teacher's CNF density,
     local per-window KL/TV on the test couplings' window ends, the telescoping TV bound, and for
     8gaussians KL/TV against the exact data density and the teacher's score error vs t."""
-    from .. import audit, gmm
-
+    from reflowma.core import gmm
+    from reflowma.evaluation import audit
     a = cfg["audit"]
     g = generator(cfg["seed"], "audit")
     mix = gmm.eight_gaussians(dtype=torch.float64) if cfg["data"]["name"] == "8gaussians" else None

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 
-from .. import interpolant, losses, nets, regularizer, time_samplers
-from ..seeding import derive, device, fingerprint, generator
-from ..storage.atomic import write_json
-from ..storage.checkpoint import save_model
-from ..storage.couplings import Couplings
-from ..train import fit
-from .common import check_same_data, load_model
+from reflowma import models
+from reflowma.core import interpolant, losses, time_samplers
+from reflowma.core.seeding import derive, device, fingerprint, generator
+from reflowma.infra.storage.atomic import write_json
+from reflowma.infra.storage.checkpoint import save_model
+from reflowma.infra.storage.couplings import Couplings
+from reflowma.objectives import marginal as regularizer
+from reflowma.stages.common import check_same_data, load_model
+from reflowma.training.loop import fit
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     K, shape = cfg["K"], tuple(meta["data_shape"])
     ends = load_ends(C, "train", K)
     torch.manual_seed(derive(cfg["seed"], "student-init"))
-    student = nets.build(shape, cfg["net"]).to(dev)
+    student = models.build(shape, cfg["net"]).to(dev)
     if cfg["init"] == "teacher":
         student.load_state_dict(teacher.state_dict())
     student.requires_grad_(True).train()

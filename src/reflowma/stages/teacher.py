@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .. import data, interpolant, losses, nets, time_samplers
-from ..seeding import derive, device, fingerprint, generator
-from ..storage.atomic import write_json
-from ..storage.checkpoint import save_model
-from ..train import fit
-from .common import data_key
+from reflowma import data, models
+from reflowma.core import interpolant, losses, time_samplers
+from reflowma.core.seeding import derive, device, fingerprint, generator
+from reflowma.infra.storage.atomic import write_json
+from reflowma.infra.storage.checkpoint import save_model
+from reflowma.stages.common import data_key
+from reflowma.training.loop import fit
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(derive(cfg["seed"], "teacher-init"))
-    model = nets.build(shape, cfg["net"]).to(dev)
+    model = models.build(shape, cfg["net"]).to(dev)
     g = generator(cfg["seed"], "teacher-train")
     ts = cfg["time_sampler"]
     sample_t = time_samplers.get(ts["name"])

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..storage.atomic import atomic_path
+from reflowma.infra.storage.atomic import atomic_path
 
 DEFAULT_MU: tuple[float, float] = (1.0, -0.5)
 DEFAULT_SIGMA: tuple[tuple[float, float], tuple[float, float]] = ((2.0, 0.6), (0.6, 0.5))

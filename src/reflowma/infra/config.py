@@ -19,7 +19,7 @@ import yaml
 
 STAGES = ("teacher", "couplings", "reflow", "evaluate")
 SHARED = ("seed", "device", "data")
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,7 @@ def repo_root() -> Path:
     env = os.environ.get("REFLOWMA_ROOT")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def params_dir() -> Path:

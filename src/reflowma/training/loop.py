@@ -13,23 +13,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .storage import atomic, checkpoint
+from reflowma.infra.signals import Interrupted, PreemptionSignals
+from reflowma.infra.storage import atomic, checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(RuntimeError):
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; "
-                         "state saved, rerun to resume")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -44,29 +37,6 @@ def lr_factor(step: int, cfg: dict) -> float:
         return 1.0
     span = max(1, cfg["steps"] - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
-
-
-class PreemptionSignals:
-    """Turn SIGTERM/SIGINT into a flag checked at step boundaries."""
-
-    def __init__(self):
-        self.received = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,

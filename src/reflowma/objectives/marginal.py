@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from .autodiff import batch_jacobian
-from .interpolant import score_from_velocity
+from reflowma.core.autodiff import batch_jacobian
+from reflowma.core.interpolant import score_from_velocity
 
 LOGDET_MODES = ("exact", "trace", "hutchinson")
 

@@ -34,7 +34,7 @@ def heldout_tm_loss(v, ends: torch.Tensor, K: int, generator: torch.Generator,
                     n_t: int = 8, batch: int = 4096) -> float:
     """Mean L2 trajectory-matching loss on held-out couplings ``ends`` ``[N, K + 1, *data]``,
     ``n_t`` uniform times per coupling (from ``generator``, so it is reproducible)."""
-    from .interpolant import piecewise_pair
+    from reflowma.core.interpolant import piecewise_pair
 
     total, count = 0.0, 0
     with torch.no_grad():

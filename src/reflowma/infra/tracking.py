@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from .train import Interrupted
+from reflowma.infra.signals import Interrupted
 
 
 def _plain(obj):

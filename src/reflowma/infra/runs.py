@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import ALIASES
+from reflowma.infra.grid import ALIASES
 
 STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED", "RUNNING", "QUEUED", "TIMEOUT")
 # Config fields flattened into columns (dotted path -> column); grid axes use the grid's aliases.
@@ -196,7 +196,7 @@ def missing_jobs(df: pd.DataFrame, expected_jobs) -> pd.DataFrame:
 
 def expected_jobs(grid, stage: str = "evaluate") -> list[str]:
     """Job names of a grid (a name, a path or a loaded grid dict) for one stage."""
-    from . import grid as rgrid
+    from reflowma.infra import grid as rgrid
 
     g = rgrid.load_grid(grid) if isinstance(grid, str | Path) else grid
     points = rgrid.expand(g)

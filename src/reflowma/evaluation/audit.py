@@ -25,8 +25,9 @@ import math
 
 import torch
 
-from . import density, solvers
-from .interpolant import score_from_velocity
+from reflowma.core import solvers
+from reflowma.core.interpolant import score_from_velocity
+from reflowma.evaluation import density
 
 
 def _f64(model):
@@ -199,7 +200,7 @@ def score_error_vs_t(teacher, gmm, ts, n: int, generator: torch.Generator | None
     t64 = _f64(teacher)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     means = gmm.means.double()
-    from .gmm import IsoGMM
+    from reflowma.core.gmm import IsoGMM
 
     ref = IsoGMM(means, gmm.std, gmm.weights.double())
     out = {}

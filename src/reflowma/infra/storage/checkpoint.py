@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path, sha256
+from reflowma.infra.storage.atomic import atomic_path, sha256
 
 
 class CheckpointError(ValueError):

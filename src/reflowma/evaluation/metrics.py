@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .autodiff import batch_jacobian
+from reflowma.core.autodiff import batch_jacobian
 
 
 def w2_paired(a: torch.Tensor, b: torch.Tensor) -> float:

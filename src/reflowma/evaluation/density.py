@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from scipy.special import digamma, gammaln
 
-from .autodiff import batch_jacobian
-from .solvers import time_vector
+from reflowma.core.autodiff import batch_jacobian
+from reflowma.core.solvers import time_vector
 
 LOG2PI = math.log(2 * math.pi)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import config
+from reflowma.infra import config
 
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
            "window_start_weight": "ws", "regularizer.eps": "eps",
@@ -153,7 +153,7 @@ def as_preset(stage: str, cfg: dict) -> dict:
 
 
 def write_if_changed(path: Path, obj) -> bool:
-    from .storage.atomic import atomic_path
+    from reflowma.infra.storage.atomic import atomic_path
 
     text = "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
         obj, sort_keys=True)
