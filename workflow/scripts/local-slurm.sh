@@ -11,7 +11,7 @@
 #
 # STATE defaults to ${REFLOWMA_SLURM_STATE:-/tmp/reflowma-slurm}.
 # Exit codes: 0 ok, 1 failure, 2 usage, 77 Slurm is missing and cannot be installed here.
-# Background and the gotchas behind each choice: shared/notes/local-slurm.md.
+# Background and the gotchas behind each choice: docs/slurm.md.
 set -euo pipefail
 
 STATE="${REFLOWMA_SLURM_STATE:-/tmp/reflowma-slurm}"

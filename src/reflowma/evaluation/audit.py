@@ -1,4 +1,4 @@
-"""Marginal audit of a few-step student against its teacher (DESIGN.md section 4).
+"""Marginal audit of a few-step student against its teacher.
 
 Pure functions (no I/O). Everything is computed in float64 on CPU copies of the models.
 

@@ -1,4 +1,4 @@
-"""Densities of flow pushforwards and divergences estimated from them (DESIGN.md section 4).
+"""Densities of flow pushforwards and divergences estimated from them.
 
 Pure functions, no I/O; inputs ``[N, *data]`` (flattened internally), densities in nats.
 

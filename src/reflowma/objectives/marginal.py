@@ -1,4 +1,4 @@
-"""Marginal-alignment regularizer (DESIGN.md section 4).
+"""Marginal-alignment regularizer. See docs/math.md.
 
 For window k (``t_k = k / K``, ``h = 1 / K``) the student's sampler map is one Euler step
 ``y = Phi(x) = x + h v(x, t_k)`` applied to teacher states ``x ~ p_{t_k}``. The reverse KL

@@ -84,7 +84,7 @@ SCORE_ERROR_TS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
-    """Marginal audit (DESIGN.md section 4): per-NFE KL/TV against the teacher's CNF density,
+    """Marginal audit (docs/math.md): per-NFE KL/TV against the teacher's CNF density,
     local per-window KL/TV on the test couplings' window ends, the telescoping TV bound, and for
     8gaussians KL/TV against the exact data density and the teacher's score error vs t."""
     from reflowma.core import gmm

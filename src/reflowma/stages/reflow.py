@@ -2,7 +2,7 @@
 
 Vanilla (K = 1) or piecewise (K windows, one network for all): uniform/U-shaped/logit-normal
 t, the window's straight target between the teacher states at its ends; optionally the
-window-start term (DESIGN.md section 4, the baseline of every comparison) and the
+window-start term (the baseline of every comparison, docs/math.md) and the
 marginal-alignment regularizer (``regularizer.weight > 0``).
 """
 
