@@ -2,7 +2,9 @@
 
 Run: `.venv/bin/python benchmarks/step_time.py [--device cuda] [--dim 2] [--batch 256]`.
 Arms: plain trajectory matching (TM), + window-start term, + marginal regularizer with each
-log-det mode (exact / trace / hutchinson). All timed in the same run on the same network.
+log-det mode (exact / trace / hutchinson). Each arm's loss is the ``Objective`` that the reflow
+stage builds from a reflow config (the same objects training uses), on the same network, all
+timed in the same run.
 """
 
 from __future__ import annotations
@@ -12,29 +14,35 @@ import time
 
 import torch
 
-from reflowma.core import interpolant, losses
+from reflowma import objectives
+from reflowma.infra import config
 from reflowma.models import mlp
-from reflowma.objectives import marginal as regularizer
+
+ARMS = {
+    "tm": {},
+    "tm+ws": {"window_start_weight": 1.0},
+    "reg_exact": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
+                  "regularizer.logdet": "exact"},
+    "reg_trace": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
+                  "regularizer.logdet": "trace"},
+    "reg_hutchinson": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
+                       "regularizer.logdet": "hutchinson"},
+}
 
 
-def make_step(arm: str, v, opt, ends, K, batch, gen, dev):
-    score = regularizer.teacher_score_fn(v)  # any frozen field will do for timing
-    N = ends.shape[0]
+def arm_config(arm: str, K: int, batch: int, reg_batch: int) -> dict:
+    """The reflow config of one arm (defaults + the arm's fields), regularizer on from step 0."""
+    over = {"K": K, "train.batch_size": batch, "regularizer.batch_size": reg_batch,
+            "regularizer.warm_start": 0.0, "regularizer.exact_max_dim": 10**6, **ARMS[arm]}
+    return config.stage_config("reflow", None, [f"{k}={v}" for k, v in over.items()])
+
+
+def make_step(cfg: dict, v, teacher, opt, ends, gen, dev):
+    ctx = objectives.Context(ends, cfg["K"], dev, teacher, cfg["train"]["steps"])
+    loss_fn = objectives.build(cfg, ctx)
 
     def step():
-        b = torch.randint(0, N, (batch,), generator=gen)
-        t = torch.rand(batch, generator=gen)
-        xt, tgt = interpolant.piecewise_pair(ends[b], t, K)
-        loss = losses.tm_loss(v, xt.to(dev), t.to(dev), tgt.to(dev))
-        if arm != "tm":
-            k = torch.randint(0, K, (batch,), generator=gen)
-            x0, tgt0, tk = interpolant.window_start_pair(ends[b], k, K)
-            loss = loss + losses.tm_loss(v, x0.to(dev), tk.to(dev), tgt0.to(dev))
-        if arm.startswith("reg_"):
-            k = torch.randint(0, K, (batch,), generator=gen)
-            r, _ = regularizer.surrogate(v, score, ends[b, k].to(dev), k.to(dev), K,
-                                         logdet=arm[4:], generator=gen)
-            loss = loss + 0.1 * r
+        loss, _ = loss_fn(v, 10**9, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -47,6 +55,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dim", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--reg-batch", type=int, default=None, help="regularizer batch [--batch]")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--K", type=int, default=4)
     ap.add_argument("--steps", type=int, default=50)
@@ -54,15 +63,14 @@ def main():
     dev = torch.device(args.device)
     torch.manual_seed(0)
     v = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev)
+    teacher = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev).requires_grad_(False)
     ends = torch.randn(4096, args.K + 1, args.dim)
-    arms = ["tm", "tm+ws", "reg_exact", "reg_trace", "reg_hutchinson"]
-    if args.dim > 16:
-        arms.remove("reg_exact")
+    arms = list(ARMS) if args.dim <= 16 else [a for a in ARMS if a != "reg_exact"]
     res = {}
     for arm in arms:
+        cfg = arm_config(arm, args.K, args.batch, args.reg_batch or args.batch)
         opt = torch.optim.Adam(v.parameters(), lr=1e-4)
-        step = make_step(arm, v, opt, ends, args.K, args.batch, torch.Generator().manual_seed(0),
-                         dev)
+        step = make_step(cfg, v, teacher, opt, ends, torch.Generator().manual_seed(0), dev)
         for _ in range(5):
             step()
         if dev.type == "cuda":

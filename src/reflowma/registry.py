@@ -64,11 +64,17 @@ class Registry:
         return add(obj) if obj is not None else add
 
     def get(self, name: str):
+        """The object registered under ``name``; a ``"module:attr"`` string is imported now
+        (built-ins register that way, so reading the names never imports torch)."""
         load_plugins()
         try:
-            return self._items[name]
+            obj = self._items[name]
         except KeyError:
             raise UnknownName(self.field, name, self.names()) from None
+        if isinstance(obj, str) and ":" in obj:
+            module, _, attr = obj.partition(":")
+            obj = self._items[name] = getattr(importlib.import_module(module), attr)
+        return obj
 
     def names(self) -> tuple[str, ...]:
         load_plugins()

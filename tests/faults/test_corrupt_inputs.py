@@ -40,6 +40,8 @@ CASES = [
     ("student-of-other-teacher-to-evaluate", "evaluate",
      {"--student": "student", "--teacher": "teacher16", "--couplings": "couplings16"}, [],
      "student", ["was distilled from another teacher than", "teacher16"]),
+    ("K-not-in-couplings", "reflow", {"--teacher": "teacher", "--couplings": "couplings"},
+     ["K=3"], "couplings", ["reflow.K = 3", "store window ends for K in"]),
     ("params-wrong-types", "teacher", {}, [], "badtypes",
      ["teacher.", "has the wrong type", "expected"]),
 ]

@@ -10,6 +10,7 @@ one line naming the field, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from functools import cache, lru_cache
@@ -166,6 +167,14 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
         from jsonschema.exceptions import best_match
 
         raise schema_error(best_match(errors), stage)
+    if "net" in cfg:
+        _check_net(stage, cfg["net"])
+    for i, entry in enumerate(cfg.get("objectives") or []):
+        from reflowma.objectives import OBJECTIVES
+
+        if entry["name"] not in OBJECTIVES:
+            raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
+                              f"allowed: {', '.join(OBJECTIVES.names())}")
     data = cfg["data"]
     if data["name"] == "file":
         path = data.get("path")
@@ -181,6 +190,32 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError("reflow.regularizer.windows",
                               f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
     return cfg
+
+
+def _check_net(stage: str, net: dict) -> None:
+    """``net.name`` is a registered architecture and the section fits that one's schema."""
+    _net_check(stage, json.dumps(net, sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _net_check(stage: str, net_json: str) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    from reflowma.models import MODELS
+
+    net = json.loads(net_json)
+    if net["name"] not in MODELS:
+        raise ConfigError(f"{stage}.net.name", f"unknown {net['name']!r}; allowed: "
+                          f"{', '.join(MODELS.names())}")
+    defs = schema()["$defs"]
+    sch = ({"$ref": f"#/$defs/net_{net['name']}", "$defs": defs}
+           if f"net_{net['name']}" in defs else getattr(MODELS.get(net["name"]), "schema", None))
+    if sch is None:
+        return
+    errors = list(Draft202012Validator(sch).iter_errors(net))
+    if errors:
+        raise schema_error(best_match(errors), f"{stage}.net")
 
 
 def check_preset(preset: dict, where: str = "preset") -> None:
@@ -281,6 +316,8 @@ def field_docs(stage: str) -> list[tuple[str, str, object]]:
     rows = []
 
     def walk(node, prefix, dvals):
+        if prefix == "net" and isinstance(dvals, dict):  # the chosen architecture's fields
+            node = s.get(f"net_{dvals.get('name', 'mlp')}", node)
         node = resolve(node)
         props = node.get("properties")
         if props and node.get("type") == "object":

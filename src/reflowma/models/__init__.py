@@ -1,16 +1,17 @@
 """Velocity networks ``v(x, t)``, chosen by ``net.name`` (x ``[B, *data]``, t ``[B]``).
 
 ``MODELS`` maps a name to ``factory(data_shape, net_cfg) -> nn.Module``; ``build`` looks the name
-up (``mlp`` when the section names none, as in files written before names existed).
+up (``mlp`` when the section names none, as in files written before names existed). A factory
+may carry a ``schema`` attribute (a JSON schema of its ``net`` section), checked at validation;
+the built-ins' schemas are ``net_<name>`` in ``schemas/params.schema.yaml``.
 """
 
 from __future__ import annotations
 
-from reflowma.models import mlp
 from reflowma.registry import Registry
 
 MODELS = Registry("net.name")
-MODELS.register("mlp", mlp.build)
+MODELS.register("mlp", "reflowma.models.mlp:build")
 
 
 def build(data_shape, cfg: dict):

@@ -20,11 +20,13 @@ averaged over Rademacher probes (first order, unbiased for ``h tr J``, any dimen
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from reflowma.core.autodiff import batch_jacobian
 from reflowma.core.interpolant import score_from_velocity
+from reflowma.objectives.base import Context, Term
 
 LOGDET_MODES = ("exact", "trace", "hutchinson")
 
@@ -108,3 +110,34 @@ def teacher_score_fn(teacher):
         return score_from_velocity(teacher(y, t), y, t)
 
     return score
+
+
+@dataclass
+class MarginalAlignment(Term):
+    """The surrogate on a batch of window-start states ``x_k`` drawn from the couplings, with
+    the window ``k`` drawn uniformly from ``windows``; on from ``start_step`` (warm start)."""
+
+    ctx: Context | None = None
+    batch_size: int = 256
+    windows: tuple[int, ...] = (0,)
+    options: dict | None = None
+
+    def __post_init__(self):
+        self.score = teacher_score_fn(self.ctx.teacher)
+
+    def loss(self, v, generator):
+        ends, dev, n = self.ctx.ends, self.ctx.device, self.batch_size
+        b = torch.randint(0, ends.shape[0], (n,), generator=generator)
+        k = torch.tensor(self.windows)[torch.randint(0, len(self.windows), (n,),
+                                                     generator=generator)]
+        return surrogate(v, self.score, ends[b, k].to(dev), k.to(dev), self.ctx.K,
+                         generator=generator, **self.options)
+
+
+def marginal_alignment(entry: dict, cfg: dict, ctx: Context) -> MarginalAlignment:
+    """The regularizer term of a reflow config's ``regularizer`` section."""
+    reg = cfg["regularizer"]
+    windows = range(ctx.K) if reg["windows"] == "all" else reg["windows"]
+    options = {k: reg[k] for k in ("logdet", "fold_delta", "eps", "rescale_end", "n_probes")}
+    return MarginalAlignment("reg", reg["weight"], int(reg["warm_start"] * ctx.steps), ctx,
+                             reg["batch_size"], tuple(windows), options)

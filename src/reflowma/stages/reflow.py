@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from reflowma import models
-from reflowma.core import interpolant, losses, time_samplers
+from reflowma import models, objectives
+from reflowma.core import interpolant, losses
 from reflowma.core.seeding import derive, device, fingerprint, generator
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
 from reflowma.infra.storage.couplings import Couplings
-from reflowma.objectives import marginal as regularizer
 from reflowma.stages.common import check_same_data, load_model
 from reflowma.training.loop import fit
 
@@ -56,59 +55,26 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
         raise ValueError(f"reflow.net: {cfg['net']} differs from the net {meta['net']} of "
                          f"teacher {str(teacher_path)!r}; init: teacher needs the same network "
                          "(or set init: scratch)")
-    return teacher, meta, sha, C
+    ends = load_ends(C, "train", cfg["K"])  # a K the couplings do not store fails here
+    return teacher, meta, sha, C, ends
 
 
 def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
     out = Path(out_dir)
     dev = device(cfg["device"])
-    teacher, meta, sha, C = check_inputs(cfg, couplings_path, teacher_path, dev)
+    teacher, meta, sha, C, ends = check_inputs(cfg, couplings_path, teacher_path, dev)
     out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     K, shape = cfg["K"], tuple(meta["data_shape"])
-    ends = load_ends(C, "train", K)
     torch.manual_seed(derive(cfg["seed"], "student-init"))
     student = models.build(shape, cfg["net"]).to(dev)
     if cfg["init"] == "teacher":
         student.load_state_dict(teacher.state_dict())
     student.requires_grad_(True).train()
     g = generator(cfg["seed"], "reflow-train", K)
-    ts, tr, reg = cfg["time_sampler"], cfg["train"], cfg["regularizer"]
-    sample_t = time_samplers.get(ts["name"])
-    score = regularizer.teacher_score_fn(teacher)
-    reg_windows = list(range(K)) if reg["windows"] == "all" else list(reg["windows"])
-    reg_from = int(reg["warm_start"] * tr["steps"])
-    N, bs = ends.shape[0], tr["batch_size"]
-
-    def loss_fn(v, step, gen):
-        b = torch.randint(0, N, (bs,), generator=gen)
-        t = sample_t(bs, gen, **ts).to(ends.dtype)
-        xt, target = interpolant.piecewise_pair(ends[b], t, K)
-        loss = losses.tm_loss(v, xt.to(dev), t.to(dev), target.to(dev), cfg["loss"]["name"],
-                              cfg["loss"]["huber_c"])
-        extras = {"tm": loss.item()}
-        if cfg["window_start_weight"] > 0:
-            b2 = torch.randint(0, N, (bs,), generator=gen)
-            k = torch.randint(0, K, (bs,), generator=gen)
-            x0, tgt, tk = interpolant.window_start_pair(ends[b2], k, K)
-            ws = losses.tm_loss(v, x0.to(dev), tk.to(dev), tgt.to(dev), cfg["loss"]["name"],
-                                cfg["loss"]["huber_c"])
-            loss = loss + cfg["window_start_weight"] * ws
-            extras["window_start"] = ws.item()
-        if reg["weight"] > 0 and step >= reg_from:
-            b3 = torch.randint(0, N, (reg["batch_size"],), generator=gen)
-            k = torch.tensor(reg_windows)[torch.randint(0, len(reg_windows),
-                                                        (reg["batch_size"],), generator=gen)]
-            xk = ends[b3, k].to(dev)
-            r, stats = regularizer.surrogate(
-                v, score, xk, k.to(dev), K, logdet=reg["logdet"], fold_delta=reg["fold_delta"],
-                eps=reg["eps"], rescale_end=reg["rescale_end"], n_probes=reg["n_probes"],
-                generator=gen)
-            loss = loss + reg["weight"] * r
-            extras["reg"] = r.item()
-            extras.update({f"reg_{k_}": v_ for k_, v_ in stats.items()})
-        return loss, extras
-
+    tr, reg = cfg["train"], cfg["regularizer"]
+    N = ends.shape[0]
+    loss_fn = objectives.build(cfg, objectives.Context(ends, K, dev, teacher, tr["steps"]))
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
              K, N, cfg["window_start_weight"], reg["weight"], reg["logdet"])
     fp = fingerprint(cfg, sha, C.attrs["times"])
