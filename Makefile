@@ -31,6 +31,7 @@ test-slow: env
 
 lint: env
 	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/snakemake --lint
 
 bench: env

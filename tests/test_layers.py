@@ -1,0 +1,36 @@
+"""The layer contract (pyproject.toml, ``[tool.importlinter]``) holds, and it can fail: an upward
+import planted in a copy of the package breaks it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    return subprocess.run([str(LINT), "--config", str(root / "pyproject.toml"), "--no-cache"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_layer_contract_is_kept():
+    res = lint(REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 kept, 0 broken" in res.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    shutil.copytree(REPO / "src", tmp_path / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    victim = tmp_path / "src" / "reflowma" / "core" / "losses.py"
+    victim.write_text(victim.read_text() + "\nfrom reflowma.stages import teacher  # noqa\n")
+    res = lint(tmp_path)
+    assert res.returncode != 0
+    assert "BROKEN" in res.stdout and "reflowma.core.losses -> reflowma.stages" in res.stdout
