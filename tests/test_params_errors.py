@@ -149,23 +149,28 @@ def _defaults(stage: str) -> dict:
 
 
 @pytest.mark.parametrize("stage", ["teacher", "couplings", "reflow", "evaluate"])
-def test_help_lists_every_field_with_its_default(capsys, stage):
+def test_help_lists_every_field_with_its_value(capsys, stage):
+    """Without --params the help shows the default preset's (toy) values: what a run uses."""
     with pytest.raises(SystemExit) as e:
         cli.main([stage, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     rows = {}
-    for line in text.split("fields (", 1)[1].splitlines()[1:]:
+    for line in text.split("fields, with their values under --params toy", 1)[1].splitlines()[1:]:
         if line.startswith("  ") and line.strip():
             rows[line.split()[0]] = line
-    for name, value in _leaves(_defaults(stage)):
+    from reflowma.infra import config
+
+    resolved = config.stage_config(stage, "toy")
+    for name, _ in _leaves(_defaults(stage)):
         assert name in rows, f"{name} missing from `reflowma {stage} --help`"
-        assert rows[name].endswith(f"[default: {value!r}]"), rows[name]
+    for name, value in _leaves(resolved):
+        assert rows[name].endswith(f"[{value!r}]"), rows[name]
     if stage == "teacher":
-        assert rows["train.lr"].endswith("[default: 0.001]")
-        assert rows["net.width"].endswith("[default: 256]")
+        assert rows["train.lr"].endswith("[0.001]")
+        assert rows["net.width"].endswith("[128]")  # toy preset, not the stage default 256
         assert "silu|relu|gelu|tanh|elu" in rows["net.activation"]
         assert "data.path" in rows and "time_sampler.a" in rows  # schema-only fields too
     if stage == "reflow":
-        assert rows["regularizer.eps"].endswith("[default: 0.05]")
-        assert rows["K"].endswith("[default: 1]")
+        assert rows["regularizer.eps"].endswith("[0.05]")
+        assert rows["K"].endswith("[1]")

@@ -33,31 +33,49 @@ STAGE_HELP = {"teacher": "train the flow-matching teacher",
               "evaluate": "few-step NFE sweep and marginal metrics of a student"}
 
 
-def _fields_epilog(stage: str) -> str:
+def _fields_epilog(stage: str, params: str) -> str:
+    """Every field with the value the preset gives it (the stage default where it sets none)."""
     try:
-        rows = config.field_docs(stage)
+        rows = config.field_docs(stage, config.stage_config(stage, params))
+        head = f"fields, with their values under --params {params}"
     except Exception as e:  # noqa: BLE001 - help must still print
-        return f"(fields unavailable: {e})"
+        try:
+            rows = config.field_docs(stage)
+        except Exception as e2:  # noqa: BLE001
+            return f"(fields unavailable: {e2})"
+        head = f"(--params {params}: {e}; showing stage defaults)\nfields, with their defaults"
     w = max(len(r[0]) for r in rows)
-    lines = ["fields (set in the params file, or as key=value; default in brackets):"]
-    for name, desc, dflt in rows:
-        lines.append(f"  {name:<{w}}  {desc} [default: {dflt!r}]")
+    lines = [f"{head} in brackets (set them in the params file, or as key=value or "
+             f"{stage}.key=value):"]
+    for name, desc, value in rows:
+        lines.append(f"  {name:<{w}}  {desc} [{value!r}]")
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _params_in(argv) -> str:
+    """The ``--params`` value on a command line (for the help text), ``toy`` without one."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    for i, a in enumerate(argv):
+        if a == "--params" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--params="):
+            return a.split("=", 1)[1]
+    return "toy"
+
+
+def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reflowma", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version="reflowma 0.1.0")
     sub = p.add_subparsers(dest="stage", required=True)
     for stage in config.STAGES:
         sp = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage],
-                            epilog=_fields_epilog(stage),
+                            epilog=_fields_epilog(stage, params),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument("--params", default="toy",
                         help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
         for flag, h in STAGE_INPUTS[stage]:
-            sp.add_argument(flag, required=True, help=h)
-        sp.add_argument("--out", required=True, help=STAGE_OUT[stage])
+            sp.add_argument(flag, help=f"{h} (required, except with --print-config)")
+        sp.add_argument("--out", help=f"{STAGE_OUT[stage]} (required, except with --print-config)")
         sp.add_argument("--runs", default=os.environ.get("REFLOWMA_RUNS"),
                         help="record the job as a Sacred run in this folder "
                         "[$REFLOWMA_RUNS; none: not recorded]")
@@ -103,6 +121,10 @@ def _run_stage(args) -> dict:
 
         print(yaml.safe_dump(cfg, sort_keys=False))
         return {}
+    missing = [f for f, _ in [*STAGE_INPUTS[args.stage], ("--out", "")]
+               if getattr(args, f[2:]) is None]
+    if missing:
+        args.parser_error(f"the following arguments are required: {', '.join(missing)}")
     out = Path(args.out)
     if args.stage == "teacher":
         fn, attach = (lambda c, log: teacher.run(c, out, log)), [out / "metrics.json"]
@@ -164,8 +186,9 @@ class _CurrentStderr(logging.StreamHandler):
 
 def parse(argv=None) -> argparse.Namespace:
     """Parse the command line; ``key=value`` overrides may stand anywhere after the stage."""
-    parser = build_parser()
+    parser = build_parser(_params_in(argv))
     args, rest = parser.parse_known_args(argv)
+    args.parser_error = parser.error
     extra = [a for a in rest if "=" in a and not a.startswith("-")]
     unknown = [a for a in rest if a not in extra]
     if unknown or (extra and not hasattr(args, "overrides")):

@@ -273,6 +273,7 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
             raise _in_file(e, src) from None
         cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
         cfg = deep_merge(cfg, p.get(stage) or {})
+    overrides = [_strip_stage(stage, o) for o in overrides]
     cfg = apply_overrides(cfg, overrides, where=stage)
     try:
         return validate(stage, cfg, schema_check)
@@ -280,6 +281,19 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
         if _set_by_override(e.field, overrides):
             raise
         raise _in_file(e, src) from None
+
+
+def _strip_stage(stage: str, item):
+    """``evaluate.audit.enabled=true`` -> ``audit.enabled=true``: the dotted path of a params
+    file (stage section first) works on the command line too, and so does the short form.
+    A path naming another stage is an error (it would be silently ignored otherwise)."""
+    path, value = item if isinstance(item, tuple) else parse_override(item)
+    if path[0] in STAGES and len(path) > 1:
+        if path[0] != stage:
+            raise ConfigError(".".join(path), f"sets the {path[0]} stage, not {stage}; "
+                              f"write it in the params file or on `reflowma {path[0]}`")
+        path = path[1:]
+    return path, value
 
 
 def _in_file(err: ConfigError, src: Path | None) -> ConfigError:
@@ -299,10 +313,11 @@ def _set_by_override(field: str, overrides) -> bool:
     return False
 
 
-def field_docs(stage: str) -> list[tuple[str, str, object]]:
-    """(dotted field, description, default) for every field of a stage, for ``--help``."""
+def field_docs(stage: str, values: dict | None = None) -> list[tuple[str, str, object]]:
+    """(dotted field, description, value) for every field of a stage, for ``--help``; the
+    values are the stage defaults unless a resolved config is given."""
     s = schema()["$defs"]
-    dflt = defaults(stage)
+    dflt = values if values is not None else defaults(stage)
 
     def resolve(node):
         while "$ref" in node:
