@@ -1,72 +1,70 @@
-"""Dataset registry: toys, ``digits`` (sklearn, 8x8 scaled to [-1, 1]) and ``file`` (npy/csv/h5)."""
+"""Dataset registry: ``DATASETS`` maps ``data.name`` to a factory ``cfg -> Dataset``.
+
+Built in: the 2D toys, ``digits`` (sklearn, 8x8 scaled to [-1, 1]) and ``file`` (npy/csv/h5).
+Code outside the package adds datasets with ``DATASETS.register(name, factory)`` (e.g. from a
+``$REFLOWMA_PLUGINS`` module). ``dataset(cfg)`` builds (once per config) the dataset object;
+``load`` and ``data_shape`` are thin functions over it.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from reflowma.data.toys import TOYS, sample_toy
+from reflowma.data import toys
+from reflowma.data.base import Dataset, PointsDataset, exact_log_prob  # noqa: F401
+from reflowma.data.files import FILE_SUFFIXES, digits_dataset, file_dataset, read_points  # noqa: F401
+from reflowma.registry import Registry
 
-DATASETS = tuple(TOYS) + ("digits", "file")
-FILE_SUFFIXES = (".npy", ".csv", ".h5", ".hdf5")
+DATASETS = Registry("data.name")
+DATASETS.register("8gaussians", lambda cfg: toys.eight_gaussians_dataset())
+for _name in ("moons", "checkerboard", "spirals"):
+    DATASETS.register(_name, lambda cfg, _s=toys.TOYS[_name]: toys.ToyDataset(_s))
+DATASETS.register("digits", digits_dataset)
+DATASETS.register("file", file_dataset)
 
-
-def read_points(path: str | Path, key: str = "data") -> np.ndarray:
-    """Points ``[N, d]`` from an ``.npy``, ``.csv`` (comma-separated, no header) or HDF5 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path: file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif suffix == ".csv":
-        arr = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    elif suffix in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise ValueError(f"data.path: {str(path)!r} has no dataset {key!r} "
-                                 f"(found: {sorted(f.keys())}); set data.key")
-            arr = f[key][...]
-    else:
-        raise ValueError(f"data.path: unsupported suffix {suffix!r}; allowed: {FILE_SUFFIXES}")
-    if arr.ndim != 2 or arr.shape[0] < 2 or not np.isfinite(arr).all():
-        raise ValueError(f"data.path: {str(path)!r} must hold finite points [N >= 2, d], "
-                         f"got shape {arr.shape}")
-    return arr.astype(np.float32)
+_CACHE: dict = {}
+_CACHE_SIZE = 8
 
 
-def _finite(cfg) -> np.ndarray:
-    return _finite_cached(cfg["name"], cfg.get("path"), cfg.get("key", "data"))
+def _freeze(v):
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    try:
+        hash(v)
+    except TypeError:
+        return repr(v)
+    return v
 
 
-@lru_cache(maxsize=8)
-def _finite_cached(name: str, path: str | None, key: str) -> np.ndarray:
-    if name == "digits":
-        from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+def dataset(cfg: dict):
+    """The dataset object of a ``data`` config section (cached per factory and config)."""
+    factory = DATASETS.get(cfg["name"])
+    key = (cfg["name"], factory, _freeze(dict(cfg)))
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = factory(cfg)
+    return _CACHE[key]
 
-        x = load_digits().data.astype(np.float32)  # values 0..16
-        return x / 8.0 - 1.0
-    return read_points(path, key)
+
+def clear_cache() -> None:
+    """Forget built datasets (e.g. after a data file changed on disk)."""
+    _CACHE.clear()
 
 
 def data_shape(cfg) -> tuple[int, ...]:
-    if cfg["name"] in TOYS:
-        return (2,)
-    return (_finite(cfg).shape[1],)
+    """The shape of one sample of the dataset, e.g. ``(2,)``."""
+    return tuple(int(s) for s in dataset(cfg).shape)
 
 
 def load(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` samples ``[n, d]`` of the dataset named in ``cfg['name']``."""
-    name = cfg["name"]
-    if name in TOYS:
-        return sample_toy(name, n, generator)
-    if name not in DATASETS:
-        raise ValueError(f"data.name: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    pts = torch.from_numpy(_finite(cfg))
-    idx = torch.randint(0, pts.shape[0], (n,), generator=generator)
-    return pts[idx]
+    """``n`` samples ``[n, *shape]`` of the dataset named in ``cfg['name']``."""
+    ds = dataset(cfg)
+    x = ds.sample(n, generator)
+    want = (n, *(int(s) for s in ds.shape))
+    if tuple(x.shape) != want:
+        raise ValueError(f"data.name: dataset {cfg['name']!r} sampled shape {tuple(x.shape)}, "
+                         f"its shape says {want}")
+    return x

@@ -86,15 +86,16 @@ SCORE_ERROR_TS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     """Marginal audit (docs/math.md): per-NFE KL/TV against the teacher's CNF density,
     local per-window KL/TV on the test couplings' window ends, the telescoping TV bound, and for
-    8gaussians KL/TV against the exact data density and the teacher's score error vs t."""
-    from reflowma.core import gmm
+    datasets with an exact density (8gaussians) KL/TV against it and, for a Gaussian mixture,
+    the teacher's score error vs t. Both come from the dataset object that samples the data."""
     from reflowma.evaluation import audit
     a = cfg["audit"]
     g = generator(cfg["seed"], "audit")
-    mix = gmm.eight_gaussians(dtype=torch.float64) if cfg["data"]["name"] == "8gaussians" else None
+    ds = data.dataset(cfg["data"])
+    mix = getattr(ds, "mixture", None)
     nfes = sorted(set(cfg["nfe"]) | {K})
     marg = audit.marginal_audit(student, teacher, z, K, nfes, a,
-                                data_logp=mix.log_prob if mix is not None else None,
+                                data_logp=data.exact_log_prob(ds),
                                 teacher_samples=x_teacher, generator=g)
     local = audit.local_window_audit(student, teacher, ends, K, a["logp_steps"], a["max_dim"],
                                      a["knn_k"], generator=g)
