@@ -189,3 +189,19 @@ def test_the_audit_uses_the_density_of_the_dataset_object(monkeypatch):
                                _independent_logp(y.numpy(), 2.0, 0.3), atol=1e-9)
     assert seen["gmm"].std == 0.3
     np.testing.assert_allclose(seen["gmm"].means.norm(dim=1).numpy(), 2.0)
+
+
+def test_builtin_dataset_names_known_to_config_are_the_registry_s():
+    """config checks bundled names without importing the data layer: the two lists agree."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from reflowma.infra import config
+
+    env = {k: v for k, v in os.environ.items() if k != "REFLOWMA_PLUGINS"}
+    out = subprocess.run([sys.executable, "-c", "import json; from reflowma.data import DATASETS;"
+                          " print(json.dumps(list(DATASETS.names())))"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert set(json.loads(out)) == config.BUILTIN_DATASETS

@@ -176,6 +176,7 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
                               f"allowed: {', '.join(OBJECTIVES.names())}")
     data = cfg["data"]
+    _check_dataset_name(stage, data["name"])
     if data["name"] == "file":
         path = data.get("path")
         if not path:
@@ -190,6 +191,21 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError("reflow.regularizer.windows",
                               f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
     return cfg
+
+
+# The bundled datasets (tests/test_data_registry.py checks this against the registry): their
+# names are checked without importing the data layer (and torch) at the workflow's parse time.
+BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file"})
+
+
+def _check_dataset_name(stage: str, name: str) -> None:
+    if name in BUILTIN_DATASETS:
+        return
+    from reflowma.data import DATASETS
+
+    if name not in DATASETS:
+        raise ConfigError(f"{stage}.data.name", f"unknown dataset {name!r}; allowed: "
+                          f"{', '.join(DATASETS.names())}")
 
 
 def _check_net(stage: str, net: dict) -> None:
