@@ -116,3 +116,27 @@ def test_bad_params_stop_at_parse_time(tmp_path, kind, edit, field):
 def test_unknown_workflow_config_key(tmp_path):
     res = snakemake(tmp_path, "-n", "--config", "grdi=paper")
     assert res.returncode != 0 and "config.grdi: unknown key" in res.stdout + res.stderr
+
+
+def test_slurm_profile_gives_each_job_its_presets_threads(tmp_path):
+    """preset=cluster asks for 2 threads a job: the Slurm profile's dry run must request 2 CPUs
+    (it used to show cpus_per_task=1 unless --cores was given)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    snakemake = Path(sys.executable).with_name("snakemake")
+    res = subprocess.run([str(snakemake), "-n", "--profile", "workflow/profiles/slurm",
+                          "--config", "preset=cluster", "grid=smoke",
+                          f"results={tmp_path}/results"],
+                         cwd=repo, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    import re
+
+    cpus = re.findall(r"cpus_per_task=(\d+)", text)
+    omp = re.findall(r"OMP_NUM_THREADS=(\d+)", text)
+    assert cpus and omp
+    assert set(omp) == {"2"}, omp
+    assert cpus.count("2") >= len(omp), cpus  # every job that runs the CLI gets 2 CPUs
