@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from reflowma.data.toys import TOYS, sample_toy
+from reflowma.registry import InputError
 
 DATASETS = tuple(TOYS) + ("digits", "file")
 FILE_SUFFIXES = (".npy", ".csv", ".h5", ".hdf5")
@@ -29,13 +30,13 @@ def read_points(path: str | Path, key: str = "data") -> np.ndarray:
 
         with h5py.File(path, "r") as f:
             if key not in f:
-                raise ValueError(f"data.path: {str(path)!r} has no dataset {key!r} "
+                raise InputError(f"data.path: {str(path)!r} has no dataset {key!r} "
                                  f"(found: {sorted(f.keys())}); set data.key")
             arr = f[key][...]
     else:
-        raise ValueError(f"data.path: unsupported suffix {suffix!r}; allowed: {FILE_SUFFIXES}")
+        raise InputError(f"data.path: unsupported suffix {suffix!r}; allowed: {FILE_SUFFIXES}")
     if arr.ndim != 2 or arr.shape[0] < 2 or not np.isfinite(arr).all():
-        raise ValueError(f"data.path: {str(path)!r} must hold finite points [N >= 2, d], "
+        raise InputError(f"data.path: {str(path)!r} must hold finite points [N >= 2, d], "
                          f"got shape {arr.shape}")
     return arr.astype(np.float32)
 
@@ -66,7 +67,7 @@ def load(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     if name in TOYS:
         return sample_toy(name, n, generator)
     if name not in DATASETS:
-        raise ValueError(f"data.name: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        raise InputError(f"data.name: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     pts = torch.from_numpy(_finite(cfg))
     idx = torch.randint(0, pts.shape[0], (n,), generator=generator)
     return pts[idx]

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import yaml
 
+from reflowma.registry import InputError
+
 STAGES = ("teacher", "couplings", "reflow", "evaluate")
 SHARED = ("seed", "device", "data")
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A params problem; ``str(err)`` is one line naming the field."""
 
     def __init__(self, field: str, message: str):
