@@ -34,3 +34,16 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     res = lint(tmp_path)
     assert res.returncode != 0
     assert "BROKEN" in res.stdout and "reflowma.core.losses -> reflowma.stages" in res.stdout
+
+
+def test_every_package_has_a_layer():
+    """A new top-level package or module must be placed in the contract, or it is unchecked."""
+    import tomllib
+
+    layers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"][
+        "contracts"][0]["layers"]
+    named = {m.strip().split(".")[1] for level in layers for m in level.split("|")}
+    pkg = REPO / "src" / "reflowma"
+    units = {p.stem for p in pkg.glob("*.py")} | {p.name for p in pkg.iterdir()
+                                                   if (p / "__init__.py").is_file()}
+    assert units - {"__init__", "__main__"} - named == set()

@@ -94,3 +94,69 @@ def test_normalisation_helper():
         "snakemake-executor-plugin-slurm", "==2.8.0")
     assert _pip_names({"pytorch": "=2.13", "python": "=3.11", "cudatoolkit": "", "pip": ""}) == {
         "torch": "=2.13"}
+
+
+# --- the built wheel: params shipped, runs from any directory, one version string ----------
+
+def _wheel_source(dst: Path) -> Path:
+    """What a wheel is built from (pyproject, README, src/ with its params link, params/), copied
+    so the build leaves nothing in the checkout."""
+    import shutil
+
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dst / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "src", dst / "src", symlinks=True, ignore=skip)
+    shutil.copytree(ROOT / "params", dst / "params", ignore=skip)
+    return dst
+
+
+def test_wheel_runs_from_any_directory(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "project"
+    src.mkdir()
+    _wheel_source(src)  # in a sibling folder of `work`: no params/ above `work`
+    whl_dir, site, work = tmp_path / "whl", tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", whl_dir, "."],
+                   cwd=src, check=True, timeout=120)
+    (whl,) = whl_dir.glob("reflowma-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    assert "reflowma/params/presets/smoke.yaml" in names
+    assert "reflowma/params/defaults/teacher.yaml" in names
+    assert "reflowma/schemas/params.schema.yaml" in names
+    import reflowma
+
+    assert whl.name.startswith(f"reflowma-{reflowma.__version__}-")
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, whl], check=True, timeout=120)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFLOWMA_")}
+    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1")
+    py = [sys.executable, "-c", "import reflowma, reflowma.infra.config as c; "
+          "print(reflowma.__file__); print(c.params_dir())"]
+    out = subprocess.run(py, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    mod_file, params = out.stdout.split()
+    assert Path(mod_file).is_relative_to(site)
+    assert Path(params) == site / "reflowma" / "params"
+    run = subprocess.run([sys.executable, "-m", "reflowma", "teacher", "--params", "smoke",
+                          "--out", "t", "train.steps=5"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (work / "t" / "teacher.pt").is_file()
+    ver = subprocess.run([sys.executable, "-m", "reflowma", "--version"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert ver.stdout.strip() == f"reflowma {reflowma.__version__}"
+
+
+def test_one_version_string():
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in proj["project"] and "version" in proj["project"]["dynamic"]
+    assert proj["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "reflowma.__version__"}
+    cli_src = (ROOT / "src" / "reflowma" / "cli.py").read_text()
+    assert not re.search(r"\d+\.\d+\.\d+", cli_src)

@@ -1,7 +1,9 @@
 """Command line: ``reflowma <stage> --params PRESET --out PATH [key=value ...]``.
 
 Stages: teacher, couplings, reflow, evaluate (plus ``report`` and ``theory``). Params are
-validated before any work; errors print one line naming the field and exit with code 2. An
+validated before any work; errors print one line naming the field and exit with code 2 (so do
+the other input checks: ``InputError``, unreadable checkpoints or couplings, missing input
+files); any other exception is a bug and exits 1 with its traceback. An
 interrupted job (SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a
 non-finite loss exits 3.
 """
@@ -14,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from reflowma import __version__
 from reflowma.infra import config
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
@@ -65,7 +68,7 @@ def _params_in(argv) -> str:
 
 def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reflowma", description=__doc__.split("\n")[0])
-    p.add_argument("--version", action="version", version="reflowma 0.1.0")
+    p.add_argument("--version", action="version", version=f"reflowma {__version__}")
     sub = p.add_subparsers(dest="stage", required=True)
     for stage in config.STAGES:
         sp = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage],
@@ -220,8 +223,9 @@ def main(argv=None) -> int:
                 print(f"{name:12s} TM={s['tm_loss']:.6g}  W2={s['w2']}")
             return 0
         _run_stage(args)
-    except (config.ConfigError, CheckpointError, CouplingsError, ValueError,
-            FileNotFoundError) as e:
+    except (config.InputError, CheckpointError, CouplingsError, FileNotFoundError) as e:
+        # validated input only (ConfigError and registry.UnknownName are InputErrors); any
+        # other exception is a bug and keeps its traceback
         print(f"reflowma: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as e:

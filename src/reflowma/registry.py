@@ -18,7 +18,16 @@ ENTRY_POINT_GROUP = "reflowma.plugins"
 _loaded: set[str] = set()
 
 
-class UnknownName(ValueError):
+class InputError(ValueError):
+    """Bad user input found by a check (params, input files and how they fit together).
+
+    The command line reports it as one line with exit code 2; any other exception is a bug and
+    keeps its traceback. It lives in the bottom layer so that every layer can raise it;
+    ``reflowma.infra.config`` re-exports it next to ``ConfigError`` (a subclass).
+    """
+
+
+class UnknownName(InputError):
     """A name that no registry entry carries; ``str(err)`` names the field and the choices."""
 
     def __init__(self, field: str, name, allowed):

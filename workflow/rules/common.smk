@@ -10,7 +10,9 @@ from reflowma.infra import grid as rgrid
 # environment (exported to local and Slurm jobs alike) and not as a param of the jobs, since a
 # changed param makes Snakemake rerun a job: every job, after a move to a fresh clone's venv.
 PY = sys.executable
-os.environ.update(REFLOWMA_PY=PY)
+# The Snakefile's folder is the project: its params/ are the ones every job reads (set before
+# anything reads params; jobs inherit it), whichever clone the package was installed from.
+os.environ.update(REFLOWMA_PY=PY, REFLOWMA_ROOT=str(Path(workflow.basedir).resolve()))
 try:  # workflow/schemas/workflow.schema.yaml
     rgrid.check_schema("workflow", dict(config), "config")
 except rcfg.ConfigError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from reflowma.data.base import PointsDataset
+from reflowma.registry import InputError
 
 FILE_SUFFIXES = (".npy", ".csv", ".h5", ".hdf5")
 
@@ -28,25 +29,25 @@ def read_points(path: str | Path, key: str = "data") -> np.ndarray:
     """Points ``[N, d]`` float32 from an ``.npy``, ``.csv`` (comma-separated, no header) or
     HDF5 file (dataset ``key``). Every error names the file (``data.path: '<file>': ...``)."""
     if path is None or str(path) == "":
-        raise ValueError("data.path: is required when data.name is 'file'")
+        raise InputError("data.path: is required when data.name is 'file'")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.path: file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
-        raise ValueError(f"data.path: unsupported suffix {suffix!r}; allowed: {FILE_SUFFIXES}")
+        raise InputError(f"data.path: unsupported suffix {suffix!r}; allowed: {FILE_SUFFIXES}")
     try:
         arr = _read(path, suffix, key)
     except KeyError as e:
-        raise ValueError(f"data.path: {str(path)!r} has no dataset {key!r} "
+        raise InputError(f"data.path: {str(path)!r} has no dataset {key!r} "
                          f"(found: {e.args[1]}); set data.key") from None
     except (ValueError, OSError) as e:
         hint = (" (comma-separated numbers only, no header line)" if suffix == ".csv" else "")
-        raise ValueError(f"data.path: cannot read {str(path)!r}{hint}: {e}") from e
+        raise InputError(f"data.path: cannot read {str(path)!r}{hint}: {e}") from e
     arr = np.asarray(arr)
     if (arr.ndim != 2 or arr.shape[0] < 2 or not np.issubdtype(arr.dtype, np.number)
             or not np.isfinite(arr).all()):
-        raise ValueError(f"data.path: {str(path)!r} must hold finite points [N >= 2, d], "
+        raise InputError(f"data.path: {str(path)!r} must hold finite points [N >= 2, d], "
                          f"got shape {arr.shape}")
     return arr.astype(np.float32)
 

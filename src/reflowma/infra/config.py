@@ -18,12 +18,14 @@ from pathlib import Path
 
 import yaml
 
+from reflowma.registry import InputError
+
 STAGES = ("teacher", "couplings", "reflow", "evaluate")
 SHARED = ("seed", "device", "data")
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A params problem; ``str(err)`` is one line naming the field."""
 
     def __init__(self, field: str, message: str):
@@ -31,15 +33,36 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _has_presets(root: Path) -> bool:
+    return (root / "params" / "presets").is_dir()
+
+
 def repo_root() -> Path:
-    env = os.environ.get("REFLOWMA_ROOT")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3]
+    """The project whose ``params/`` a stage reads (see ``params_dir``)."""
+    return params_dir().parent
 
 
 def params_dir() -> Path:
-    return repo_root() / "params"
+    """The params folder: ``$REFLOWMA_ROOT/params`` if the variable is set; else ``params/`` of
+    the nearest ancestor of the current directory that holds ``params/presets/``; else the
+    params shipped inside the installed package (``reflowma/params``, a copy of the project's
+    ``params/`` in a wheel, a link to it in a source checkout)."""
+    env = os.environ.get("REFLOWMA_ROOT")
+    if env:
+        return Path(env).resolve() / "params"
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        if _has_presets(d):
+            return d / "params"
+    if _has_presets(PACKAGE_DIR):
+        return PACKAGE_DIR / "params"
+    raise ConfigError("params", f"no params folder (params/presets/) in {str(cwd)!r} or its "
+                      "parents, none shipped with the package and REFLOWMA_ROOT is not set; "
+                      "run in a project folder or set REFLOWMA_ROOT to one (--params NAME|PATH "
+                      "picks a preset, the defaults come from that folder)")
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from reflowma.infra import config
 from reflowma.infra.signals import Interrupted
 
 
@@ -43,6 +44,40 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def repository(path=PACKAGE_DIR) -> list[dict]:
+    """Sacred's repository entry (url, commit, dirty) of the git checkout holding ``path``,
+    or ``[]`` outside one (an installed wheel)."""
+    from sacred.dependencies import get_commit_if_possible
+
+    try:
+        url, commit, dirty = get_commit_if_possible(str(Path(path) / "__init__.py"), True)
+    except ValueError:  # GitPython or git missing
+        return []
+    return [{"url": url, "commit": commit, "dirty": dirty}] if url else []
+
+
+def _experiment(base, name: str):
+    """A Sacred experiment whose sources are the package's files and whose git repository is
+    recorded once.
+
+    Sacred (``save_git_info=True``) asks git about every source file and lists the repository
+    once per file in ``experiment.repositories`` (``collect_repositories``, one entry per
+    source), running ``git status`` for each. Here sources carry no git info and the one
+    repository of the package is looked up once.
+    """
+
+    class _Experiment(base):
+        def get_experiment_info(self):
+            out = super().get_experiment_info()
+            out["repositories"] = repository()
+            return out
+
+    return _Experiment(name, base_dir=str(PACKAGE_DIR), save_git_info=False)
+
+
 def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None):
     """Run ``fn(cfg, on_log) -> metrics`` as one Sacred run; returns the metrics."""
     from sacred import SETTINGS, Experiment
@@ -55,7 +90,7 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
     class _Interrupt(SacredInterrupt):
         STATUS = "INTERRUPTED"
 
-    ex = Experiment(f"reflowma.{stage}", save_git_info=True)
+    ex = _experiment(Experiment, f"reflowma.{stage}")
     packages = package_versions()
     for name, version in packages.items():  # Sacred's parser refuses local labels (+cpu)
         ex.add_package_dependency(name, version.split("+")[0])
@@ -69,11 +104,16 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
         ex.observers.append(MongoObserver(url=os.environ["REFLOWMA_MONGO_URL"],
                                           db_name=os.environ.get("REFLOWMA_MONGO_DB", "reflowma")))
     ex.add_config(_plain(cfg))
+    try:  # which project's params the job read (not in the config: that would change hashes)
+        params_dir = str(config.params_dir())
+    except config.ConfigError:
+        params_dir = None
     holder = {}
 
     @ex.main
     def _main(_run):
-        _run.info.update({"job": job, "stage": stage, "packages": packages, **(info or {})})
+        _run.info.update({"job": job, "stage": stage, "packages": packages,
+                          "params_dir": params_dir, **(info or {})})
         # write info.json now, not at the first heartbeat (10 s in): a job killed outright
         # (SIGKILL, OOM, node failure) still leaves a record that names the job
         if hasattr(_run, "_emit_heartbeat"):

@@ -9,6 +9,7 @@ import torch
 from reflowma import models
 from reflowma.infra.storage import checkpoint
 from reflowma.infra.storage.atomic import sha256
+from reflowma.registry import InputError
 
 
 def load_model(path, kind: str, device: torch.device | str = "cpu"):
@@ -31,5 +32,5 @@ def data_key(data_cfg: dict) -> str:
 
 def check_same_data(where: str, cfg_data: dict, recorded: str, source) -> None:
     if data_key(cfg_data) != recorded:
-        raise ValueError(f"{where}.data: {data_key(cfg_data)} does not match {recorded} "
+        raise InputError(f"{where}.data: {data_key(cfg_data)} does not match {recorded} "
                          f"recorded in {str(source)!r}")

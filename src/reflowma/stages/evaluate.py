@@ -20,6 +20,7 @@ from reflowma.core.seeding import generator
 from reflowma.evaluation import metrics
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.couplings import Couplings
+from reflowma.registry import InputError
 from reflowma.stages.common import check_same_data, load_model
 from reflowma.stages.reflow import load_ends
 
@@ -43,7 +44,7 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     teacher, tmeta, tsha = load_model(teacher_path, "teacher")
     check_same_data("evaluate", cfg["data"], tmeta["data"], teacher_path)
     if smeta["teacher_sha256"] != tsha:
-        raise ValueError(f"student {str(student_path)!r} was distilled from another teacher "
+        raise InputError(f"student {str(student_path)!r} was distilled from another teacher "
                          f"than {str(teacher_path)!r}")
     C = Couplings(couplings_path, {"teacher_sha256": tsha})
     K = int(smeta["K"])

@@ -20,6 +20,7 @@ from reflowma.core.seeding import derive, device, fingerprint, generator
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
 from reflowma.infra.storage.couplings import Couplings
+from reflowma.registry import InputError
 from reflowma.stages.common import check_same_data, load_model
 from reflowma.training.loop import fit
 
@@ -31,7 +32,7 @@ def load_ends(couplings: Couplings, split: str, K: int) -> torch.Tensor:
     try:
         idx = interpolant.grid_indices(couplings.times, K)
     except ValueError:
-        raise ValueError(f"reflow.K = {K}: couplings {str(couplings.path)!r} store window ends "
+        raise InputError(f"reflow.K = {K}: couplings {str(couplings.path)!r} store window ends "
                          f"for K in {couplings.attrs['windows']} only") from None
     return torch.from_numpy(couplings.states(split, idx))
 
@@ -42,17 +43,17 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
     check_same_data("reflow", cfg["data"], meta["data"], teacher_path)
     C = Couplings(couplings_path)
     if C.attrs.get("teacher_sha256") != sha:
-        raise ValueError(f"couplings {str(couplings_path)!r} were made by another teacher "
+        raise InputError(f"couplings {str(couplings_path)!r} were made by another teacher "
                          f"(sha256 {str(C.attrs.get('teacher_sha256'))[:12]}...) than "
                          f"{str(teacher_path)!r} ({sha[:12]}...)")
     reg = cfg["regularizer"]
     d = int(torch.tensor(meta["data_shape"]).prod())
     if reg["weight"] > 0 and reg["logdet"] == "exact" and d > reg["exact_max_dim"]:
-        raise ValueError(f"reflow.regularizer.logdet: 'exact' needs d <= "
+        raise InputError(f"reflow.regularizer.logdet: 'exact' needs d <= "
                          f"regularizer.exact_max_dim = {reg['exact_max_dim']}, data has d = {d}; "
                          "allowed here: trace, hutchinson")
     if cfg["init"] == "teacher" and cfg["net"] != meta["net"]:
-        raise ValueError(f"reflow.net: {cfg['net']} differs from the net {meta['net']} of "
+        raise InputError(f"reflow.net: {cfg['net']} differs from the net {meta['net']} of "
                          f"teacher {str(teacher_path)!r}; init: teacher needs the same network "
                          "(or set init: scratch)")
     ends = load_ends(C, "train", cfg["K"])  # a K the couplings do not store fails here

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from reflowma.infra.storage.atomic import atomic_path
+from reflowma.registry import InputError
 
 DEFAULT_MU: tuple[float, float] = (1.0, -0.5)
 DEFAULT_SIGMA: tuple[tuple[float, float], tuple[float, float]] = ((2.0, 0.6), (0.6, 0.5))
@@ -51,18 +52,18 @@ def validate_gaussian(mu, sigma) -> tuple[np.ndarray, np.ndarray]:
     mu = np.asarray(mu, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     if mu.ndim != 1 or mu.size == 0 or not np.all(np.isfinite(mu)):
-        raise ValueError(f"mu must be a non-empty finite vector, got {mu!r}")
+        raise InputError(f"mu must be a non-empty finite vector, got {mu!r}")
     d = mu.size
     if sigma.shape != (d, d):
-        raise ValueError(f"sigma must have shape ({d}, {d}) to match mu, got {sigma.shape}")
+        raise InputError(f"sigma must have shape ({d}, {d}) to match mu, got {sigma.shape}")
     if not np.all(np.isfinite(sigma)):
-        raise ValueError("sigma must be finite")
+        raise InputError("sigma must be finite")
     scale = max(float(np.max(np.abs(sigma))), 1e-300)
     if not np.allclose(sigma, sigma.T, rtol=0.0, atol=1e-12 * scale):
-        raise ValueError(f"sigma must be symmetric, got {sigma.tolist()}")
+        raise InputError(f"sigma must be symmetric, got {sigma.tolist()}")
     sigma = 0.5 * (sigma + sigma.T)
     if float(np.linalg.eigvalsh(sigma)[0]) <= 0.0:
-        raise ValueError(f"sigma must be positive definite, got {sigma.tolist()}")
+        raise InputError(f"sigma must be positive definite, got {sigma.tolist()}")
     return mu, sigma
 
 
@@ -231,20 +232,20 @@ def _validate_nfes(nfes: Sequence[int]) -> list[int]:
     out = []
     for n in nfes:
         if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"nfes must be positive integers, got {list(nfes)!r}")
+            raise InputError(f"nfes must be positive integers, got {list(nfes)!r}")
         out.append(int(n))
     if not out:
-        raise ValueError("nfes must not be empty")
+        raise InputError("nfes must not be empty")
     return out
 
 
 def _validate_2d(mu, sigma, angle_deg) -> tuple[np.ndarray, np.ndarray, float]:
     mu, sigma = validate_gaussian(mu, sigma)
     if mu.size != 2:
-        raise ValueError(f"the counterexample is 2D: mu must have 2 entries, got {mu.size}")
+        raise InputError(f"the counterexample is 2D: mu must have 2 entries, got {mu.size}")
     angle_deg = float(angle_deg)
     if not math.isfinite(angle_deg):
-        raise ValueError(f"angle_deg must be finite, got {angle_deg}")
+        raise InputError(f"angle_deg must be finite, got {angle_deg}")
     return mu, sigma, angle_deg
 
 

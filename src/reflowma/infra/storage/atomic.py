@@ -12,6 +12,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -88,9 +89,35 @@ def atomic_path(path: str | Path, fsync: bool = True):
         os.close(fd)
 
 
+def nonfinite_paths(obj, prefix: str = "") -> list[str]:
+    """Dotted key paths (``nfe.1.mmd_data``, list items by index) of NaN/Infinity floats."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [prefix or "(top level)"]
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return []
+    out = []
+    for k, v in items:
+        out += nonfinite_paths(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
 def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+    """Strict JSON (``allow_nan=False``): NaN/Infinity, which strict readers refuse, raise a
+    ``ValueError`` naming the file and the key path of each such value; nothing is written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False)
+    except ValueError as e:
+        bad = nonfinite_paths(obj)
+        if not bad:
+            raise
+        raise ValueError(f"{str(path)!r}: non-finite value (NaN/Infinity is not JSON) at "
+                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}") from e
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+        Path(tmp).write_text(text + "\n")
 
 
 def sha256(path: str | Path) -> str:
