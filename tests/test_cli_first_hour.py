@@ -50,3 +50,17 @@ def test_override_of_another_stage_is_an_error(capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "reflow.K" in err and "not evaluate" in err
+
+
+def test_job_log_has_no_sacred_import_warning(tmp_path):
+    """A recorded job's log starts with what the job does, not Sacred's pkg_resources warning."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "reflowma", "teacher", "--params", "smoke",
+                          "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "runs"),
+                          "train.steps=2", "train.log_every=1", "train.checkpoint_every=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "pkg_resources" not in res.stderr
+    assert "[reflowma]" in res.stderr  # the job's own log is there

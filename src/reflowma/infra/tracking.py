@@ -47,9 +47,23 @@ def package_versions() -> dict[str, str]:
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+def import_sacred():
+    """Import Sacred without its ``pkg_resources`` deprecation warning in every job log (the
+    warning is about Sacred's own import and says nothing about the run)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
+                                category=UserWarning)
+        import sacred
+
+    return sacred
+
+
 def repository(path=PACKAGE_DIR) -> list[dict]:
     """Sacred's repository entry (url, commit, dirty) of the git checkout holding ``path``,
     or ``[]`` outside one (an installed wheel)."""
+    import_sacred()
     from sacred.dependencies import get_commit_if_possible
 
     try:
@@ -80,6 +94,7 @@ def _experiment(base, name: str):
 
 def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None):
     """Run ``fn(cfg, on_log) -> metrics`` as one Sacred run; returns the metrics."""
+    import_sacred()
     from sacred import SETTINGS, Experiment
     from sacred.observers import FileStorageObserver
     from sacred.utils import SacredInterrupt
