@@ -474,7 +474,7 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
         raise NoData(f"{dataset} has {dim} dimensions: samples are saved only up to 16")
     if dim != 2:
         raise NoData(f"{dataset} has {dim} dimensions: the scatter figure needs 2")
-    seed, n = got["seed"], len(first["z"])
+    seed, n_z = got["seed"], len(first["z"])
     xt = first["teacher_ceiling"]
     panels = [("data", first["data"], None, "data"),
               ("teacher", xt, None, "teacher (ceiling: many steps)")]
@@ -487,7 +487,7 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
         K = parse_point(m).get("K")
         nfe = K if K in nfes else nfes[-1]
         folded = arr.get(f"fold_nfe{nfe}")
-        folded = np.zeros(n, bool) if folded is None else folded.astype(bool)
+        folded = np.zeros(n_z, bool) if folded is None else folded.astype(bool)
         panels.append((m, arr[f"student_nfe{nfe}"], folded,
                        f"{labels[m]}\nNFE {nfe}, folded {folded.mean():.1%}"))
     n = len(panels)
@@ -527,7 +527,7 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
                proxy(FOLD_COLOR)]
     labs = ["data", "teacher", "teacher (behind students)", "student",
             "student, folded (det ∂y/∂z ≤ 0)"]
-    fig.suptitle(f"{dataset}: samples from the same {n} noise draws z "
+    fig.suptitle(f"{dataset}: samples from the same {n_z} noise draws z "
                  f"(evaluation of seed~{seed})", y=1.0)
     fig.tight_layout()
     _legend_below(fig, handles, labs, ncol=5 if ncol >= 3 else 2)
