@@ -29,6 +29,8 @@ from reflowma.infra.runs import (
 )
 from reflowma.report import build_report
 from reflowma.report import figures as F
+from reflowma.report import render as Rn
+from reflowma.report import stats as S
 from reflowma.report import tables as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,11 +213,11 @@ def test_paired_test_matches_scipy(wf):
         assert table.loc[REG, f"{metric}.p"] == pytest.approx(p, rel=1e-9)
         assert np.isnan(table.loc[BASE, f"{metric}.p"])  # the baseline is not tested
     # no lam axis: no test
-    assert T.baseline_of("K~2/ws~1.0", ["K~2/ws~1.0", "K~1/ws~1.0"]) is None
+    assert S.baseline_of("K~2/ws~1.0", ["K~2/ws~1.0", "K~1/ws~1.0"]) is None
     # a grid keeping lam 0 once (logdet irrelevant there): that point is the control
     pts = ["K~2/lam~0.0/logdet~exact/ws~1.0", "K~2/lam~0.1/logdet~exact/ws~1.0",
            "K~2/lam~0.1/logdet~hutchinson/ws~1.0", "K~1/lam~0.0/logdet~exact/ws~1.0"]
-    assert T.baseline_of(pts[2], pts) == pts[0] and T.baseline_of(pts[1], pts) == pts[0]
+    assert S.baseline_of(pts[2], pts) == pts[0] and S.baseline_of(pts[1], pts) == pts[0]
 
 
 def test_missing_grid_points_are_rows(wf):
@@ -250,7 +252,7 @@ def test_missing_grid_points_are_rows(wf):
     assert [t.name for t in tabs] == ["8gaussians/status"]
     assert dict(zip(tabs[0].frame["method"], tabs[0].frame["status"], strict=True)) == {
         BASE: "failed (reflow)", REG: "missing", EXTRA: "missing"}
-    assert "failed (reflow)" in T.to_markdown(tabs[0]) and T.to_latex(tabs[0])
+    assert "failed (reflow)" in Rn.to_markdown(tabs[0]) and Rn.to_latex(tabs[0])
 
 
 def test_metrics_json_is_flat_and_stable(wf):
@@ -275,6 +277,13 @@ def test_cli_report(wf, tmp_path, capsys):
 # --------------------------------------------------------------------------- figures
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    import matplotlib.image as mpimg
+
+    h, w = mpimg.imread(path).shape[:2]
+    return w, h
+
+
 def test_every_figure_is_written(wf):
     stems = F.expected_stems(wf["jobs"])
     assert {s.split("_")[0] for s in stems} == {"nfe", "training", "local", "samples"}
@@ -283,7 +292,107 @@ def test_every_figure_is_written(wf):
         for ext in ("png", "pdf"):
             p = wf["out"] / "figures" / f"{stem}.{ext}"
             assert p.name in written and p.stat().st_size > 5000, p
+        # a real figure, not the one-line placeholder (5 x 1.6 in at 150 dpi)
+        assert _png_size(wf["out"] / "figures" / f"{stem}.png")[1] > 300, stem
+    # every datum is there: no placeholder stands in for a figure
+    assert json.loads((wf["out"] / "figures" / F.PLACEHOLDERS).read_text()) == {}
     assert not list((wf["out"] / "figures").glob(".*.tmp"))
+
+
+def test_samples_come_from_the_records_not_the_models(wf, tmp_path):
+    """The samples figure is drawn from the evaluate runs' samples.npz artifacts: with every
+    model file gone it is still a real figure, and each saved array matches eval.json."""
+    ev = latest_completed(load_runs(wf["runs"]), "evaluate")
+    for r in ev.itertuples():
+        npz = Path(r.run_dir) / "evaluate.samples.npz"
+        assert npz.is_file()
+        with np.load(npz) as f:
+            res = _run_result(wf["runs"], r.run_id)
+            for nfe in res["nfe"]:
+                fold = f[f"fold_nfe{nfe}"]
+                assert fold.mean() == pytest.approx(res["nfe"][nfe]["fold_fraction"])
+                assert f[f"student_nfe{nfe}"].shape == (res["n_samples"], 2)
+    results = wf["root"] / "results" / "smoke"
+    moved = tmp_path / "models"
+    moved.mkdir()
+    for sub in ("teacher", "students"):
+        shutil.move(str(results / sub), str(moved / sub))
+    try:
+        out = build_report(wf["runs"], tmp_path / "r", wf["jobs"])
+    finally:
+        for sub in ("teacher", "students"):
+            shutil.move(str(moved / sub), str(results / sub))
+    assert json.loads((tmp_path / "r/figures" / F.PLACEHOLDERS).read_text()) == {}
+    assert any(p.endswith("samples_8gaussians.png") for p in out["figures"])
+    assert _png_size(tmp_path / "r/figures/samples_8gaussians.png")[1] > 300
+
+
+def test_placeholder_names_the_missing_data(wf, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(wf["runs"], runs)
+    for npz in runs.glob("*/evaluate.samples.npz"):
+        npz.unlink()
+    build_report(runs, tmp_path / "r", wf["jobs"])
+    why = json.loads((tmp_path / "r/figures" / F.PLACEHOLDERS).read_text())
+    assert list(why) == ["samples_8gaussians"]
+    assert "evaluate.samples.npz" in why["samples_8gaussians"]
+    assert "no completed runs" not in why["samples_8gaussians"]
+    assert _png_size(tmp_path / "r/figures/samples_8gaussians.png")[1] < 300
+
+
+def test_failing_figure_fails_the_report(wf, tmp_path, monkeypatch, capsys, caplog):
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("figure bug")
+
+    monkeypatch.setattr(F, "fig_nfe", boom)
+    with pytest.raises(F.FigureError, match="fig_nfe|boom") as err:
+        build_report(wf["runs"], tmp_path / "a", wf["jobs"])
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+    args = ["report", "--runs", str(wf["runs"]), "--grid", str(wf["root"] / "grid.yaml")]
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) != 0
+    assert "figure bug" in capsys.readouterr().err
+    assert "Traceback" in caplog.text and "ZeroDivisionError: figure bug" in caplog.text
+    # explicitly asked to continue: the report completes; the placeholder names the error
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--keep-going-figures"]) == 0
+    why = json.loads((tmp_path / "c/figures" / F.PLACEHOLDERS).read_text())
+    assert list(why) == ["nfe_8gaussians"] and "ZeroDivisionError: figure bug" in why[
+        "nfe_8gaussians"]
+
+
+def test_spec_drives_tables_metrics_and_plots(wf):
+    """Metrics computed but never shown before: straightness, the data floor, the teacher's
+    kNN KL and the score error, now in the tables via the spec; a registered metric appears
+    in the tables without any other edit."""
+    from reflowma.evaluation import spec
+
+    table = _table(wf).set_index("method")
+    ev = latest_completed(load_runs(wf["runs"]), "evaluate")
+    first = ev.sort_values("run_id").groupby("seed").head(1)
+    res = {int(r.seed): _run_result(wf["runs"], r.run_id) for r in first.itertuples()}
+    assert table.loc[REG, "straightness.n"] == 2
+    floor = np.mean([r["data_floor"]["w2_data"] for r in res.values()])
+    assert table.loc[spec.DATA_FLOOR, "w2_data.mean"] == pytest.approx(floor)
+    tkl = np.mean([r["audit"]["marginal"]["teacher_kl_knn"] for r in res.values()])
+    assert table.loc[spec.TEACHER_CEILING, "kl_knn.mean"] == pytest.approx(tkl)
+    teacher = _table(wf, "teacher").set_index("method")
+    for t in res[0]["audit"]["score_error"]:
+        mean = np.mean([r["audit"]["score_error"][t] for r in res.values()])
+        assert teacher.loc[spec.TEACHER, f"score_error_t{t}.mean"] == pytest.approx(mean)
+    plots = (wf["out"] / "plots/nfe.csv").read_text().splitlines()[0].split(",")
+    assert plots[3:] == [m.key for m in spec.selected("plot")]
+    m = json.loads((wf["out"] / "metrics.json").read_text())
+    assert f"8gaussians/{REG}/nfe~1/straightness" in m
+    assert "8gaussians/teacher/score_error_t0.9" in m
+    # one declaration adds a metric to the tables
+    spec.register(spec.Metric("w2_paired_x2", "twice paired W2",
+                              paths={spec.STUDENT: "nfe.{nfe}.w2_paired_teacher"}))
+    try:
+        tabs = {t.name: t for t in T.build_tables(load_runs(wf["runs"]), wf["jobs"])}
+        f = tabs[NFE1].frame.set_index("method")
+        assert f.loc[REG, "w2_paired_x2.mean"] == pytest.approx(
+            table.loc[REG, "w2_paired_teacher.mean"])
+    finally:
+        spec.METRICS._items.pop("w2_paired_x2")
 
 
 def test_heatmap_figure(tmp_path):
@@ -299,3 +408,11 @@ def test_heatmap_figure(tmp_path):
     assert all(p.stat().st_size > 5000 for p in paths)
     assert F.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
         "nfe_moons", "training_moons", "local_moons", "heatmap_moons", "samples_moons"]
+
+
+def test_dvc_plots_follow_the_spec():
+    from reflowma.evaluation import spec
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
+    (plot,) = stage["plots"]
+    assert next(iter(plot.values()))["y"] == [m.key for m in spec.selected("plot")]

@@ -101,6 +101,9 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     rp.add_argument("--preset", default=None,
                     help="preset name: sets the default --runs and --out")
     rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
+    rp.add_argument("--keep-going-figures", action="store_true",
+                    help="a figure that fails is logged and replaced by a placeholder naming "
+                    "the error [default: the report fails]")
     th = sub.add_parser("theory", help="closed-form checks of the paper's theorems")
     tsub = th.add_subparsers(dest="theory", required=True)
     from reflowma.theory import counterexample as ce
@@ -139,7 +142,7 @@ def _run_stage(args) -> dict:
     else:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
                                          args.couplings, out)
-        attach = [out]
+        attach = [out, evaluate.samples_path(out)]  # the report reads both from the record
     if not args.runs:
         return fn(cfg, None)
     from reflowma.infra.tracking import recorded
@@ -166,7 +169,16 @@ def _report(args) -> int:
         if args.preset:
             rgrid.load_preset(args.preset)  # validated: a typo fails here, not silently
         expected = expected_from_grid(args.grid)
-    res = build_report(runs, out, expected, figures=not args.no_figures)
+    from reflowma.report.figures import FigureError
+
+    try:
+        res = build_report(runs, out, expected, figures=not args.no_figures,
+                           keep_going_figures=args.keep_going_figures)
+    except FigureError as e:
+        logging.getLogger("reflowma.report").exception("report failed")
+        print(f"reflowma: error: {e} (--keep-going-figures writes the others and a "
+              "placeholder)", file=sys.stderr)
+        return 1
     print(f"report: {len(res['tables'])} table files, {len(res['figures'])} figure files, "
           f"{len(res['metrics'])} metrics, {len(res['missing'])} missing jobs -> {out}")
     return 0

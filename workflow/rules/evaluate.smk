@@ -6,7 +6,9 @@ rule evaluate:
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
     output:
-        f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
+        eval=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
+        # the sample sets the report's figures show (d <= 16; attached to the run record)
+        samples=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/samples.npz",
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
@@ -19,7 +21,7 @@ rule evaluate:
     shell:
         "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma evaluate"
         " --params {input.params} --student {input.student}"
-        " --teacher {input.teacher} --couplings {input.couplings} --out {output}"
+        " --teacher {input.teacher} --couplings {input.couplings} --out {output.eval}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
         " > {log} 2>&1"

@@ -54,17 +54,24 @@ def jacobian(f, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     return batch_jacobian(f(x), x, create_graph)
 
 
-def fold_fraction(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):
-    """Fraction of z where the sampler map folds (``det df/dz <= 0``); None above ``max_dim``."""
+def fold_mask(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):
+    """Per z, whether the sampler map folds there (``det df/dz <= 0``); None above
+    ``max_dim``."""
     z = z.reshape(z.shape[0], -1)
     if z.shape[1] > max_dim:
         return None
-    folded = 0
+    out = []
     for lo in range(0, z.shape[0], chunk):
         with torch.enable_grad():
             J = jacobian(f, z[lo: lo + chunk]).double()
-        folded += int((torch.linalg.det(J) <= 0).sum())
-    return folded / z.shape[0]
+        out.append(torch.linalg.det(J) <= 0)
+    return torch.cat(out)
+
+
+def fold_fraction(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):
+    """Fraction of z where the sampler map folds (``det df/dz <= 0``); None above ``max_dim``."""
+    mask = fold_mask(f, z, max_dim, chunk)
+    return None if mask is None else int(mask.sum()) / z.shape[0]
 
 
 def straightness(v, z: torch.Tensor, grid) -> float:

@@ -22,7 +22,6 @@ from reflowma.infra import config
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
            "window_start_weight": "ws", "regularizer.eps": "eps",
            "regularizer.warm_start": "warm", "loss.name": "loss", "time_sampler.name": "tsamp"}
-RULES = ("teacher", "couplings", "reflow", "evaluate", "report")
 
 
 def fmt(value) -> str:

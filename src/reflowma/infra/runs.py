@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reflowma.evaluation.spec import dig
 from reflowma.infra.grid import ALIASES
 
 STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED", "RUNNING", "QUEUED", "TIMEOUT")
@@ -73,14 +74,6 @@ def parse_job(job: str | None) -> dict:
     return {"stage": parts[0], "dataset": parts[1], "seed": seed, "point": "/".join(parts[3:])}
 
 
-def _dig(d, dotted: str):
-    for key in dotted.split("."):
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
 def _read_json(path: Path, required: bool):
     if not path.is_file():
         if required:
@@ -112,13 +105,13 @@ def read_record(run_dir: Path) -> dict:
     config = _read_json(run_dir / "config.json", required=False)
     info = _read_json(run_dir / "info.json", required=False)
     metrics = _read_json(run_dir / "metrics.json", required=False)
-    repos = _dig(run, "experiment.repositories") or [{}]
+    repos = dig(run, "experiment.repositories") or [{}]
     repo = repos[0] if isinstance(repos, list) and repos and isinstance(repos[0], dict) else {}
     job = info.get("job")
     parsed = parse_job(job)
     stage = info.get("stage") or parsed["stage"]
     if stage is None:  # experiment name is reflowma.<stage>
-        name = _dig(run, "experiment.name") or ""
+        name = dig(run, "experiment.name") or ""
         stage = name.split(".", 1)[1] if name.startswith("reflowma.") else None
     point = parsed["point"]
     pt = parse_point(point)
@@ -128,9 +121,9 @@ def read_record(run_dir: Path) -> dict:
         "status": run["status"], "start_time": _time(run.get("start_time")),
         "stop_time": _time(run.get("stop_time")), "heartbeat": _time(run.get("heartbeat")),
         "commit": repo.get("commit"), "dirty": repo.get("dirty"),
-        "host": _dig(run, "host.hostname"),
+        "host": dig(run, "host.hostname"),
         "seed": parsed["seed"] if parsed["seed"] is not None else config.get("seed"),
-        "dataset": parsed["dataset"] or _dig(config, "data.name"), "point": point,
+        "dataset": parsed["dataset"] or dig(config, "data.name"), "point": point,
         "out": info.get("out"), "inputs": info.get("inputs") or {},
         "error": trace[-1].strip() if trace else None,
         "config": config, "info": info, "metrics": metrics, "result": run.get("result"),
@@ -138,7 +131,7 @@ def read_record(run_dir: Path) -> dict:
     for dotted, col in CONFIG_COLUMNS.items():
         # The point names the grid's values; the config fills fields that are not grid axes
         # (the evaluate stage's config has no reflow fields: K comes from its result).
-        val = pt.get(col, _dig(config, dotted))
+        val = pt.get(col, dig(config, dotted))
         if val is None and col == "K" and isinstance(row["result"], dict):
             val = row["result"].get("K")
         row[col] = val
@@ -162,7 +155,8 @@ def load_runs(runs_dir) -> pd.DataFrame:
     return df.astype({"run_id": "int64"}).sort_values("run_id", ignore_index=True)
 
 
-def _latest(df: pd.DataFrame) -> pd.DataFrame:
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """The latest run (by start time, then run id) of each named job."""
     df = df[df["job"].notna()]
     return df.sort_values(["start_time", "run_id"], na_position="first").groupby(
         "job", sort=False).tail(1)
@@ -173,20 +167,20 @@ def latest_completed(df: pd.DataFrame, stage: str | None = None) -> pd.DataFrame
     sel = df[df["status"] == "COMPLETED"]
     if stage is not None:
         sel = sel[sel["stage"] == stage]
-    return _latest(sel).sort_values("job", ignore_index=True)
+    return latest(sel).sort_values("job", ignore_index=True)
 
 
 def missing_jobs(df: pd.DataFrame, expected_jobs) -> pd.DataFrame:
     """Expected jobs with no COMPLETED run: ``job``, ``status`` of their latest run
     (FAILED/INTERRUPTED/RUNNING/...; ``none`` if never run), its ``run_id`` and ``error``."""
     done = set(df.loc[df["status"] == "COMPLETED", "job"])
-    latest = _latest(df).set_index("job")
+    last = latest(df).set_index("job")
     rows = []
     for job in expected_jobs:
         if job in done:
             continue
-        if job in latest.index:
-            r = latest.loc[job]
+        if job in last.index:
+            r = last.loc[job]
             rows.append({"job": job, "status": r["status"], "run_id": int(r["run_id"]),
                          "error": r["error"]})
         else:

@@ -154,13 +154,3 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
     except _Interrupt:
         raise holder["interrupted"] from None
     return run.result
-
-
-def load_run(run_dir) -> dict:
-    """run.json + config.json + metrics.json of one FileStorageObserver record."""
-    run_dir = Path(run_dir)
-    out = {"id": run_dir.name}
-    for name in ("run", "config", "metrics", "info"):
-        p = run_dir / f"{name}.json"
-        out[name] = json.loads(p.read_text()) if p.is_file() else {}
-    return out

@@ -1,16 +1,21 @@
 """The report stage: tables, figures and a flat metrics summary from the Sacred run records.
 
 ``build_report(runs_dir, out_dir, expected_jobs=None)`` reads every record under ``runs_dir``
-(``reflowma.runs``), keeps the latest completed run of each job and writes
+(``reflowma.infra.runs``), keeps the latest completed run of each job and writes
 
 * ``tables/<dataset>_nfe<n>.{md,tex,csv}`` (methods x metrics per NFE), ``..._local.*`` (local
-  per-window audit, when present), ``..._effects.*`` (regularizer vs lam-0 control, next to the
-  prototype's findings), ``tables/all.{md,csv}`` (all of them) and ``tables/cells.json`` (each
-  cell -> the run ids, seeds and values it was computed from);
-* ``figures/*.{png,pdf}`` (``reflowma.report.figures``);
+  per-window audit), ``..._teacher.*`` (the teacher alone), ``..._effects.*`` (regularizer vs
+  lam-0 control, next to ``params/references/prototype_2d.yaml``), ``tables/all.{md,csv}``
+  (all of them) and ``tables/cells.json`` (each cell -> the run ids, seeds and values);
+* ``figures/*.{png,pdf}`` and ``figures/placeholders.json`` (``reflowma.report.figures``);
 * ``metrics.json``: ``{"<dataset>/<method>/nfe~<n>/<metric>": mean over seeds}``, flat and
-  sorted, for ``dvc metrics diff``;
+  sorted, for ``dvc metrics diff``; ``plots/nfe.csv`` for ``dvc plots``;
 * ``missing.json``: expected jobs with no completed run and why.
+
+Modules: ``collect`` (records -> long rows), ``stats`` (mean ± std, t-intervals, paired
+tests), ``tables`` (rows -> Table frames), ``render`` (Markdown, LaTeX, CSV, flat metrics),
+``figures``. Every metric comes from ``reflowma.evaluation.spec``; nothing here loads a model:
+the figures read what the evaluate runs recorded (``eval.json``, ``samples.npz`` artifacts).
 
 Every file is written atomically. ``expected_jobs`` (evaluate job names, e.g. from the grid)
 makes missing grid points visible as rows; without it the jobs seen in the records are expected.
@@ -19,12 +24,14 @@ makes missing grid points visible as rows; without it the jobs seen in the recor
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from reflowma.infra.runs import load_runs, missing_jobs
 from reflowma.infra.storage.atomic import atomic_path, write_json
+from reflowma.report import collect as C
+from reflowma.report import render as R
 from reflowma.report import tables as T
+from reflowma.report.render import flat_metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,54 +50,11 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _file_stem(t: T.Table) -> str:
-    return t.name.replace("/", "_").replace("~", "")
-
-
-def flat_metrics(tables) -> dict:
-    """``{"<dataset>/<method>/nfe~<n>/<metric>": mean}`` from the main tables (methods and the
-    teacher references); per-run metrics under ``<dataset>/<method>/<metric>``."""
-    out = {}
-    for t in tables:
-        if t.nfe is None:  # the effects table: derived from the others
-            continue
-        for _, row in t.frame.iterrows():
-            method = row["method"].replace(" ", "_").replace("(", "").replace(")", "")
-            for m in t.metrics:
-                v = row[f"{m}.mean"]
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    continue
-                per_run = m == "heldout_tm_loss" or m.startswith(("local_", "tele_"))
-                key = f"{t.dataset}/{method}/{m}" if per_run else \
-                    f"{t.dataset}/{method}/nfe~{t.nfe}/{m}"
-                out[key] = float(v)
-    return dict(sorted(out.items()))
-
-
-PLOT_METRICS = ("w2_paired_teacher", "w2_data", "mmd_data")
-
-
-def plot_data(tables) -> str:
-    """Long CSV (dataset, method, nfe, seed-mean metrics) for ``dvc plots show/diff``."""
-    rows = ["dataset,method,nfe," + ",".join(PLOT_METRICS)]
-    for t in tables:
-        if t.nfe is None:
-            continue
-        for _, row in t.frame.iterrows():
-            vals = [row.get(f"{m}.mean") for m in PLOT_METRICS]
-            if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals):
-                continue
-            cells = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
-                     for v in vals]
-            rows.append(f"{t.dataset},{row['method']},{t.nfe}," + ",".join(cells))
-    return "\n".join(rows) + "\n"
-
-
 def _missing(runs, expected) -> list[dict]:
-    pl = T.plan(runs, expected)
+    pl = C.plan(runs, expected)
     jobs = list(pl["job"])
     if expected is None:  # every job seen, all stages
-        jobs = sorted(set(runs["job"].dropna()), key=T._job_key)
+        jobs = sorted(set(runs["job"].dropna()), key=C.job_key)
     miss = missing_jobs(runs, jobs)
     status = dict(zip(pl["job"], pl["status"], strict=True))
     out = []
@@ -104,9 +68,11 @@ def _missing(runs, expected) -> list[dict]:
     return out
 
 
-def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True) -> dict:
+def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
+                 keep_going_figures: bool = False) -> dict:
     """Write the report under ``out_dir``; returns {'tables', 'figures', 'metrics', 'missing'}
-    (paths, the flat metrics and the missing jobs)."""
+    (paths, the flat metrics and the missing jobs). A figure function that fails raises
+    (after the tables are written) unless ``keep_going_figures``."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     expected = list(expected_jobs) if expected_jobs is not None else None
@@ -115,8 +81,8 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True) ->
     written = []
     md_all, cells = [], {}
     for t in tables:
-        stem = _file_stem(t)
-        md, tex, csv = T.to_markdown(t), T.to_latex(t), T.to_csv(t)
+        stem = R.file_stem(t.name)
+        md, tex, csv = R.to_markdown(t), R.to_latex(t), R.to_csv(t)
         for ext, text in (("md", md), ("tex", tex), ("csv", csv)):
             _write_text(tdir / f"{stem}.{ext}", text)
             written.append(tdir / f"{stem}.{ext}")
@@ -139,33 +105,21 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True) ->
         head.append(f"Commits: {', '.join(c[:10] for c in commits)}"
                     f"{' (some runs from a dirty tree)' if dirty else ''}.\n")
     _write_text(tdir / "all.md", "\n".join(head) + "\n" + "\n".join(md_all))
-    _write_text(tdir / "all.csv", _concat_csv(tables))
+    _write_text(tdir / "all.csv", R.concat_csv(tables))
     write_json(tdir / "cells.json", cells)
     written += [tdir / "all.md", tdir / "all.csv", tdir / "cells.json"]
     flat = flat_metrics(tables)
     write_json(out_dir / "metrics.json", flat)
-    _write_text(out_dir / "plots" / "nfe.csv", plot_data(tables))
+    _write_text(out_dir / "plots" / "nfe.csv", R.plot_data(tables))
     write_json(out_dir / "missing.json", missing)
     figs = []
     if figures:
         from reflowma.report import figures as F
 
         stems = F.expected_stems(expected) if expected is not None else ()
-        figs = F.make_figures(runs, tables, out_dir / "figures", stems)
+        figs = F.make_figures(runs, tables, out_dir / "figures", stems,
+                              keep_going=keep_going_figures)
     log.info("report: %d tables, %d figures, %d metrics, %d missing jobs -> %s",
              len(tables), len(figs), len(flat), len(missing), out_dir)
     return {"tables": [str(p) for p in written], "figures": [str(p) for p in figs],
             "metrics": flat, "missing": missing}
-
-
-def _concat_csv(tables) -> str:
-    import pandas as pd
-
-    frames = []
-    for t in tables:
-        f = t.frame.copy()
-        f.insert(0, "table", t.name)
-        frames.append(f)
-    if not frames:
-        return ""
-    return pd.concat(frames, ignore_index=True).to_csv(index=False, float_format="%.10g")

@@ -6,17 +6,21 @@
   axes have more than one value);
 * ``training_<dataset>``: training curves from the Sacred metrics (students per method, and
   the teacher);
-* ``local_<dataset>``: local per-window KL bars and the telescoping TV sums (only with audit
-  data);
-* ``samples_<dataset>``: teacher and student samples on the same fixed z (2D data), folded
-  points of the sampler map (det <= 0) in another colour.
+* ``local_<dataset>``: local per-window KL bars, the telescoping TV sums and the teacher's
+  score error vs t (only with audit data);
+* ``samples_<dataset>``: data, teacher and student samples on the evaluation's z (2D data),
+  folded points of the sampler map (det <= 0) in another colour, from the ``samples.npz``
+  each evaluate run attached to its record (the report never loads a model).
+
+Metrics, labels and units come from ``reflowma.evaluation.spec``. A figure function raises
+``NoData(reason)`` where its data are absent: ``make_figures`` then writes a placeholder that
+names the reason. Any other exception fails the report (unless ``keep_going``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -27,19 +31,30 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from reflowma.infra.runs import latest_completed, parse_point  # noqa: E402
+from reflowma.evaluation import spec  # noqa: E402
+from reflowma.infra.runs import parse_point  # noqa: E402
 from reflowma.infra.storage.atomic import atomic_path  # noqa: E402
-from reflowma.report import tables as T  # noqa: E402
+from reflowma.report import collect as C  # noqa: E402
+from reflowma.report.render import file_stem  # noqa: E402
+from reflowma.report.stats import baseline_of, is_reg_axis  # noqa: E402
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
 
-NFE_PANELS = ["w2_paired_teacher", "w2_data", "mmd_data", "kl", "fold_fraction"]
-HEAT_METRICS = ["w2_paired_teacher", "w2_data", "mmd_data", "kl"]
 SYMBOL = {"lam": "λ", "ws": "ws", "K": "K", "logdet": "logdet", "eps": "ε", "warm": "warm"}
 TEACHER_COLOR, CEILING_COLOR, FOLD_COLOR = "0.15", "0.45", "#d62728"
 DATA_COLOR, STUDENT_COLOR = "#2ca02c", "#1f77b4"
-N_SAMPLES, SAMPLE_SEED = 1000, 0
+# per-run reference lines of the NFE figure: (colour, line style, legend)
+REF_LINES = {spec.TEACHER_CEILING: (CEILING_COLOR, ":", "teacher ceiling (many steps)"),
+             spec.DATA_FLOOR: (DATA_COLOR, "-.", "data floor (two data draws)")}
+
+
+class NoData(Exception):
+    """A figure's data are absent; ``str(err)`` says which."""
+
+
+class FigureError(RuntimeError):
+    """A figure function failed (not for lack of data); the cause is chained."""
 RC = {"axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
       "ytick.labelsize": 8, "legend.title_fontsize": 8, "savefig.dpi": 150,
       "figure.dpi": 100, "pdf.fonttype": 42}
@@ -50,7 +65,7 @@ def style():
 
 
 def axis_label(metric: str) -> str:
-    label, unit = T.METRICS.get(metric, (metric, ""))
+    label, unit = spec.header(metric)
     return f"{label} [{unit}]" if unit else label
 
 
@@ -88,10 +103,6 @@ def _legend_below(fig, handles, labels, ncol=None):
                frameon=False)
 
 
-def _fname(s: str) -> str:
-    return s.replace("/", "_").replace("~", "").replace(" ", "")
-
-
 # --------------------------------------------------------------------------- NFE sweep
 
 
@@ -115,9 +126,9 @@ def fig_nfe(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Pa
     """Metrics (rows of panels when split by K) vs NFE; with more than ``MAX_LINES`` methods
     and several K, one column of panels per K (the colour then names the other axes)."""
     d = long[(long["dataset"] == dataset) & (long["nfe"] >= 0)]
-    panels = [m for m in NFE_PANELS if m in set(d["metric"])]
+    panels = [m.key for m in spec.selected("figure") if m.key in set(d["metric"])]
     if d.empty or not panels:
-        return []
+        raise NoData(f"no per-NFE metric of {dataset} in the evaluate records")
     pts = {m: parse_point(m) for m in methods}
     Ks = sorted({p["K"] for p in pts.values() if "K" in p})
     split = len(methods) > MAX_LINES and len(Ks) > 1 and all("K" in p for p in pts.values())
@@ -143,12 +154,13 @@ def fig_nfe(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Pa
     dodge = {m: 2 ** (step * (order.index(labels[m]) - (n_line - 1) / 2)) for m in methods}
     for ax, (metric, K) in zip(axes.flat, cells, strict=False):
         dm = d[d["metric"] == metric]
-        ceil = long[(long["dataset"] == dataset) & (long["method"] == T.TEACHER_CEILING)
-                    & (long["metric"] == metric)]["value"]
-        if len(ceil):
-            ax.axhline(ceil.mean(), color=CEILING_COLOR, linestyle=":", linewidth=1.3,
-                       label="teacher ceiling (many steps)", zorder=1)
-        te = dm[dm["method"] == T.TEACHER_EULER]
+        for ref, (color, ls, lab) in REF_LINES.items():
+            val = long[(long["dataset"] == dataset) & (long["method"] == ref)
+                       & (long["metric"] == metric)]["value"]
+            if len(val):
+                ax.axhline(val.mean(), color=color, linestyle=ls, linewidth=1.3, label=lab,
+                           zorder=1)
+        te = dm[dm["method"] == spec.TEACHER_EULER]
         if not te.empty:
             ms = _mean_std(te, "nfe")
             ax.plot(ms.index, ms["mean"], color=TEACHER_COLOR, linestyle="--", linewidth=1.2,
@@ -166,9 +178,9 @@ def fig_nfe(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Pa
         ax.minorticks_off()
         ax.set_xlabel("NFE (sampler steps)")
         ax.set_ylabel(axis_label(metric))
-        ax.set_title(T.METRICS[metric][0] + (f", K={K}" if K is not None else ""))
+        ax.set_title(spec.header(metric)[0] + (f", K={K}" if K is not None else ""))
         vals = dm["value"]
-        if metric == "fold_fraction":
+        if spec.METRICS.get(metric).unit.startswith("fraction"):
             ax.set_ylim(-0.02, max(0.1, float(vals.max()) * 1.15))
         elif (vals > 0).all() and vals.max() / vals.min() > 20:
             ax.set_yscale("log")
@@ -181,7 +193,7 @@ def fig_nfe(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Pa
                  "bands: ±1 std)", y=1.0)
     fig.tight_layout()
     _legend_below(fig, handles, labs)
-    return save(fig, out_dir, f"nfe_{_fname(dataset)}")
+    return save(fig, out_dir, f"nfe_{file_stem(dataset)}")
 
 
 def _unique_legend(axes):
@@ -207,14 +219,14 @@ def heat_groups(methods) -> dict:
     others = [k for k in next(iter(pts.values())) if k not in ("lam", "K")]
     keyed = {}
     for m, p in pts.items():
-        if T._num(p["lam"]) != 0:
+        if C.num(p["lam"]) != 0:
             keyed.setdefault(tuple(p.get(k) for k in others), []).append(m)
     vary = [i for i, _ in enumerate(others) if len({key[i] for key in keyed}) > 1]
     groups = {}
     for key, ms in keyed.items():
-        bases = {T.baseline_of(m, list(pts)) for m in ms} - {None}
+        bases = {baseline_of(m, list(pts)) for m in ms} - {None}
         fixed = [(others[i], key[i]) for i in vary]
-        suffix = _fname("_".join(f"{k}{v}" for k, v in fixed))
+        suffix = file_stem("_".join(f"{k}{v}" for k, v in fixed))
         groups[suffix] = {"fixed": fixed,
                           "methods": sorted(set(ms) | bases, key=list(pts).index)}
     return groups
@@ -236,7 +248,7 @@ def expected_figures(jobs) -> list[dict]:
                 by_ds[p["dataset"]].append(p["point"])
     out = []
     for ds, methods in by_ds.items():
-        f = _fname(ds)
+        f = file_stem(ds)
         kinds = ["nfe", "training", "local"]
         out += [{"kind": k, "dataset": ds, "stem": f"{k}_{f}"} for k in kinds]
         out += [{"kind": "heatmap", "dataset": ds,
@@ -255,13 +267,13 @@ def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> li
     between the lowest and the highest cell of its panel."""
     groups = heat_groups(methods)
     if not groups:
-        return []
+        return []  # not expected: the grid has no lam x K plane
     pts = {m: parse_point(m) for m in methods}
     d = long[(long["dataset"] == dataset) & (long["nfe"] >= 0)]
-    metrics = [m for m in HEAT_METRICS if m in set(d["metric"])]
+    metrics = [m.key for m in spec.selected("heatmap") if m.key in set(d["metric"])]
     nfes = sorted(d["nfe"].unique())
     if not metrics or not nfes:
-        return []
+        raise NoData(f"no per-NFE metric of {dataset} in the evaluate records")
     cmap = sns.color_palette("rocket_r", as_cmap=True)
     paths = []
     for suffix, group in groups.items():
@@ -301,8 +313,8 @@ def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> li
                 ax.set_xticks(np.arange(len(Ks)) + 0.5, [str(k) for k in Ks])
                 ax.set_yticks(np.arange(len(lams)) + 0.5, [str(v) for v in lams])
                 ax.grid(False)
-                unit = T.METRICS[metric][1]
-                ax.set_title(f"{T.METRICS[metric][0]}" + (f" [{unit}]" if unit else "")
+                label, unit = spec.header(metric)
+                ax.set_title(label + (f" [{unit}]" if unit else "")
                              + f"\nNFE {nfe}", fontsize=8)
                 ax.set_xlabel("K (windows)" if i == nr - 1 else "")
                 ax.set_ylabel("λ (regularizer weight)" if j == 0 else "")
@@ -312,33 +324,15 @@ def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> li
             cb = fig.colorbar(meshes[0], cax=cax)
             cb.set_ticks([0, 1], labels=["lowest\nin panel\n(best)", "highest\nin panel"])
         extra = f" ({', '.join(f'{SYMBOL.get(k, k)}={v}' for k, v in vary)})" if vary else ""
-        if any(T.is_reg_axis(k) and pts[m].get(k) != v for m in ms for k, v in vary):
+        if any(is_reg_axis(k) and pts[m].get(k) != v for m in ms for k, v in vary):
             extra += "; λ=0 row: the shared λ=0 control"
         fig.suptitle(f"{dataset}: λ × K, mean over seeds{extra}", y=0.995)
-        paths += save(fig, out_dir, f"heatmap_{_fname(dataset)}" + (f"_{suffix}" if suffix
+        paths += save(fig, out_dir, f"heatmap_{file_stem(dataset)}" + (f"_{suffix}" if suffix
                                                                      else ""))
     return paths
 
 
 # --------------------------------------------------------------------------- training
-
-
-def training_long(runs: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for stage in ("reflow", "teacher"):
-        done = latest_completed(runs, stage)
-        for r in done.itertuples():
-            for name, series in (r.metrics or {}).items():
-                if not name.startswith("train.") or name == "train.lr":
-                    continue
-                steps, values = series.get("steps", []), series.get("values", [])
-                for s, v in zip(steps, values, strict=False):
-                    rows.append({"stage": stage, "dataset": r.dataset,
-                                 "method": r.point if stage == "reflow" else "teacher",
-                                 "seed": r.seed, "metric": name.split(".", 1)[1],
-                                 "step": int(s), "value": T._num(v), "run_id": r.run_id})
-    return pd.DataFrame(rows, columns=["stage", "dataset", "method", "seed", "metric", "step",
-                                       "value", "run_id"])
 
 
 def _xy(df):
@@ -351,30 +345,18 @@ TRAIN_LABELS = {"loss": "total loss", "tm": "trajectory-matching loss",
                 "reg_logdet": "regularizer: −log|det|", "reg_folded": "folded fraction (batch)"}
 
 
-def _warm_start_step(runs: pd.DataFrame, dataset: str):
-    """The step where the regularizer switches on (if it is the same for all regularized
-    students of the dataset), else None."""
-    done = latest_completed(runs, "reflow")
-    steps = set()
-    for r in done[done["dataset"] == dataset].itertuples():
-        reg, train = (r.config or {}).get("regularizer") or {}, (r.config or {}).get("train") or {}
-        if T._num(reg.get("weight")) > 0 and "steps" in train:
-            steps.add(int(float(reg.get("warm_start") or 0.0) * int(train["steps"])))
-    return steps.pop() if len(steps) == 1 else None
-
-
 def fig_training(tl: pd.DataFrame, runs: pd.DataFrame, dataset: str, methods,
                  out_dir: Path) -> list[Path]:
     d = tl[(tl["dataset"] == dataset)].dropna(subset=["value"])
     if d.empty:
-        return []
+        raise NoData(f"no training curves of {dataset} in the reflow/teacher records")
     student = [m for m in ("loss", "tm", "window_start", "reg") if
                m in set(d.loc[d["stage"] == "reflow", "metric"])]
     panels = [("reflow", m) for m in student]
     if not d[(d["stage"] == "teacher") & (d["metric"] == "loss")].empty:
         panels.append(("teacher", "loss"))
     labels, colors = short_labels(methods), palette(methods)
-    warm = _warm_start_step(runs, dataset)
+    warm = C.warm_start_step(runs, dataset)
     ncol = min(len(panels), 3)
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False)
@@ -408,7 +390,7 @@ def fig_training(tl: pd.DataFrame, runs: pd.DataFrame, dataset: str, methods,
     fig.suptitle(f"{dataset}: training curves (lines: mean over seeds, bands: ±1 std)", y=1.0)
     fig.tight_layout()
     _legend_below(fig, handles, labs)
-    return save(fig, out_dir, f"training_{_fname(dataset)}")
+    return save(fig, out_dir, f"training_{file_stem(dataset)}")
 
 
 # --------------------------------------------------------------------------- local audit
@@ -418,13 +400,17 @@ def fig_local(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[
     d = long[(long["dataset"] == dataset) & (long["nfe"] == -1)]
     loc = d[d["metric"].str.match(r"local_kl_w\d+$")]
     if loc.empty:
-        return []
+        raise NoData(f"no local audit of {dataset} in the evaluate records "
+                     "(evaluate.audit.enabled is false?)")
     labels, colors = short_labels(methods), palette(methods)
     present = [m for m in methods if m in set(loc["method"])]
     loc = loc.assign(window=[int(s.rsplit("w", 1)[1]) for s in loc["metric"]],
                      label=[labels[m] for m in loc["method"]])
     tele = d[d["metric"].isin(["tele_tv_final", "tele_sum_tv", "tele_pinsker_sum"])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), width_ratios=[1, 1.25])
+    score = d[(d["method"] == spec.TEACHER) & d["metric"].str.startswith("score_error_t")]
+    ratios = [1, 1.25] + ([0.8] if not score.empty else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(5 * sum(ratios), 3.6),
+                             width_ratios=ratios)
     ax = axes[0]
     sns.barplot(loc, x="window", y="value", hue="label", errorbar="sd", ax=ax,
                 palette={labels[m]: colors[m] for m in present},
@@ -455,85 +441,55 @@ def fig_local(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[
             ax.tick_params(axis="x", rotation=30)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
                   fontsize=7)
+    if not score.empty:
+        ax = axes[2]
+        score = score.assign(t=[float(m.rsplit("_t", 1)[1]) for m in score["metric"]])
+        ms = _mean_std(score, "t")
+        _band(ax, ms.index, ms, TEACHER_COLOR, "teacher", marker="o", markersize=3.5)
+        ax.set_xlabel("t (0: noise, 1: data)")
+        ax.set_ylabel(axis_label("score_error"))
+        ax.set_title("teacher: score error vs exact mixture score", pad=26)
+        if (ms["mean"] > 0).all() and ms["mean"].max() / ms["mean"].min() > 20:
+            ax.set_yscale("log")
     fig.suptitle(f"{dataset}: local audit of the K-step sampler (NFE = K; bars: mean over "
                  "seeds, whiskers: ±1 std)", y=1.0)
     fig.tight_layout()
-    return save(fig, out_dir, f"local_{_fname(dataset)}")
+    return save(fig, out_dir, f"local_{file_stem(dataset)}")
 
 
 # --------------------------------------------------------------------------- samples
 
 
-def _sample_runs(runs: pd.DataFrame, dataset: str):
-    ev = latest_completed(runs, "evaluate")
-    ev = ev[(ev["dataset"] == dataset) & ev["point"].notna()]
-    if ev.empty:
-        return None, ev
-    seed = int(ev["seed"].min())
-    return seed, ev[ev["seed"] == seed]
-
-
 def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Path]:
-    import torch
+    """Data, the teacher ceiling and each student at NFE = K (its own number of windows; else
+    the largest saved NFE) on the same z, from the runs' ``samples.npz`` (lowest seed)."""
     from matplotlib.lines import Line2D
 
-    from reflowma import data
-    from reflowma.core import solvers
-    from reflowma.core.seeding import generator
-    from reflowma.evaluation import metrics
-    from reflowma.stages.common import load_model
-
-    seed, ev = _sample_runs(runs, dataset)
-    if seed is None:
-        return []
-    first = ev.iloc[0]
-    # model files: the evaluate run's inputs, else the reflow/teacher runs' output folders
-    outs = {r.job: r.out for r in latest_completed(runs).itertuples() if r.out}
-
-    def model_file(inputs, kind, job):
-        path = (inputs or {}).get(kind)
-        if (not path or not Path(path).is_file()) and job in outs:
-            path = str(Path(outs[job]) / f"{kind}.pt")
-        return path
-
-    tpath = model_file(first["inputs"], "teacher", f"teacher/{dataset}/seed~{seed}")
-    if not tpath or not Path(tpath).is_file():
-        warnings.warn(f"samples figure for {dataset}: teacher file {tpath!r} not found",
-                      stacklevel=2)
-        return []
-    teacher, tmeta, _ = load_model(tpath, "teacher")
-    if list(tmeta["data_shape"]) != [2]:
-        return []
-    cfg = first["config"] or {}
-    steps, solver = int(cfg.get("teacher_steps", 100)), cfg.get("teacher_solver", "rk4")
-    z = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(SAMPLE_SEED))
-    with torch.no_grad():
-        xt = solvers.solve(teacher, z, [0.0, 1.0], steps, solver)[-1].numpy()
-    panels = []
-    if cfg.get("data"):
-        xd = data.load(cfg["data"], N_SAMPLES, generator(SAMPLE_SEED, "report-samples"))
-        panels.append(("data", xd.reshape(N_SAMPLES, -1).numpy(), None, "data"))
-    panels.append(("teacher", xt, None, f"teacher ({solver}, {steps} steps)"))
+    got = C.samples(runs, dataset)
+    if not got["runs"]:
+        raise NoData("; ".join(got["missing"]) or f"no sample sets of {dataset}")
+    first = next(iter(got["runs"].values()))
+    dim = int(first["dim"])
+    if "teacher_ceiling" not in first:
+        raise NoData(f"{dataset} has {dim} dimensions: samples are saved only up to 16")
+    if dim != 2:
+        raise NoData(f"{dataset} has {dim} dimensions: the scatter figure needs 2")
+    seed, n_z = got["seed"], len(first["z"])
+    xt = first["teacher_ceiling"]
+    panels = [("data", first["data"], None, "data"),
+              ("teacher", xt, None, "teacher (ceiling: many steps)")]
     labels = short_labels(methods)
-    by_point = {r.point: r for r in ev.itertuples()}
     for m in methods:
-        r = by_point.get(m)
-        spath = model_file(r.inputs if r is not None else None, "student",
-                           f"reflow/{dataset}/seed~{seed}/{m}")
-        if not spath or not Path(spath).is_file():
+        arr = got["runs"].get(m)
+        if arr is None:
             continue
-        student, smeta, _ = load_model(spath, "student")
-        K = int(smeta["K"])
-        grid = solvers.sample_grid(K, K)
-
-        def f(x, student=student, grid=grid):
-            return solvers.euler_sample(student, x, grid, grad=True)
-
-        with torch.enable_grad():
-            J = metrics.jacobian(f, z).double()
-        folded = (torch.linalg.det(J) <= 0).numpy()
-        y = solvers.euler_sample(student, z, grid).numpy()
-        panels.append((m, y, folded, f"{labels[m]}\nNFE {K}, folded {folded.mean():.1%}"))
+        nfes = sorted(int(k[len("student_nfe"):]) for k in arr if k.startswith("student_nfe"))
+        K = parse_point(m).get("K")
+        nfe = K if K in nfes else nfes[-1]
+        folded = arr.get(f"fold_nfe{nfe}")
+        folded = np.zeros(n_z, bool) if folded is None else folded.astype(bool)
+        panels.append((m, arr[f"student_nfe{nfe}"], folded,
+                       f"{labels[m]}\nNFE {nfe}, folded {folded.mean():.1%}"))
     n = len(panels)
     ncol = min(n, 3 if n <= 6 else 4)
     nrow = math.ceil(n / ncol)
@@ -571,11 +527,11 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
                proxy(FOLD_COLOR)]
     labs = ["data", "teacher", "teacher (behind students)", "student",
             "student, folded (det ∂y/∂z ≤ 0)"]
-    fig.suptitle(f"{dataset}: samples from the same {N_SAMPLES} noise draws z "
-                 f"(models of seed~{seed})", y=1.0)
+    fig.suptitle(f"{dataset}: samples from the same {n_z} noise draws z "
+                 f"(evaluation of seed~{seed})", y=1.0)
     fig.tight_layout()
     _legend_below(fig, handles, labs, ncol=5 if ncol >= 3 else 2)
-    return save(fig, out_dir, f"samples_{_fname(dataset)}")
+    return save(fig, out_dir, f"samples_{file_stem(dataset)}")
 
 
 # --------------------------------------------------------------------------- all
@@ -590,38 +546,54 @@ def placeholder(out_dir: Path, stem: str, why: str) -> list[Path]:
     return save(fig, out_dir, stem)
 
 
-def make_figures(runs: pd.DataFrame, tables, out_dir, expected=()) -> list[Path]:
-    """Every figure for every dataset of the tables; returns the written paths. ``expected``:
-    stems that must exist afterwards (``expected_stems``): placeholders fill the gaps."""
+PLACEHOLDERS = "placeholders.json"  # stem -> why, next to the figures
+
+
+def make_figures(runs: pd.DataFrame, tables, out_dir, expected=(),
+                 keep_going: bool = False) -> list[Path]:
+    """Every figure for every dataset of the tables; returns the written paths.
+
+    ``expected``: stems that must exist afterwards (``expected_stems``). A figure whose data
+    are absent (``NoData``) becomes a placeholder naming what is missing. A figure function
+    that raises anything else fails the report, unless ``keep_going``: then the traceback is
+    logged and the placeholder names the error. ``placeholders.json`` lists every placeholder
+    written and why."""
     out_dir = Path(out_dir)
-    ev = latest_completed(runs, "evaluate")
-    ev = ev[ev["point"].notna() & ev["dataset"].notna()]
-    long = T.eval_long(ev)
-    tl = training_long(runs)
-    datasets = []
-    for t in tables:
-        if t.dataset not in datasets:
-            datasets.append(t.dataset)
-    paths = []
+    long = C.eval_long(C.evaluations(runs))
+    tl = C.training_long(runs)
+    datasets = C.unique(t.dataset for t in tables)
+    paths, why = [], {}
     with plt.rc_context():
         style()
         for ds in datasets:
             t = next(t for t in tables if t.dataset == ds)
             methods = list(t.frame.loc[t.frame["kind"] == "method", "method"])
-            for fn, args in ((fig_nfe, (long,)), (fig_heatmaps, (long,)),
-                             (fig_training, (tl, runs)), (fig_local, (long,)),
-                             (fig_samples, (runs,))):
+            kinds = {"nfe": (fig_nfe, (long,)), "heatmap": (fig_heatmaps, (long,)),
+                     "training": (fig_training, (tl, runs)), "local": (fig_local, (long,)),
+                     "samples": (fig_samples, (runs,))}
+            for kind, (fn, args) in kinds.items():
                 try:
                     paths += fn(*args, ds, methods, out_dir)
-                except Exception as e:  # noqa: BLE001 - one figure must not stop the report
+                except NoData as e:
                     plt.close("all")
-                    log.exception("figure %s for %s failed", fn.__name__, ds)
-                    warnings.warn(f"figure {fn.__name__} for {ds} failed: {e}", stacklevel=2)
+                    why[f"{kind}_{file_stem(ds)}"] = str(e)
+                except Exception as e:
+                    plt.close("all")
+                    if not keep_going:
+                        raise FigureError(f"figure {fn.__name__} for {ds} failed: "
+                                          f"{type(e).__name__}: {e}") from e
+                    log.exception("figure %s for %s failed (--keep-going-figures)",
+                                  fn.__name__, ds)
+                    why[f"{kind}_{file_stem(ds)}"] = (f"{fn.__name__} failed: "
+                                                      f"{type(e).__name__}: {e}")
         done = {p.stem for p in paths}
+        written = {}
         for stem in expected:
             if stem not in done:
-                why = ("no audit data (evaluate.audit.enabled is false?)"
-                       if stem.startswith("local_") else
-                       "no completed runs with the data it needs (see missing.json)")
-                paths += placeholder(out_dir, stem, why)
+                base = next((k for k in why if stem == k or stem.startswith(k + "_")), None)
+                written[stem] = why.get(base, "no figure function wrote it")
+                paths += placeholder(out_dir, stem, written[stem])
+    from reflowma.infra.storage.atomic import write_json
+
+    write_json(out_dir / PLACEHOLDERS, written)
     return paths

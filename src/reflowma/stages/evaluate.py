@@ -1,9 +1,10 @@
 """Evaluation stage: few-step NFE sweep of a student against the teacher and the data.
 
-Per NFE (Euler, window-aware for piecewise students): W2 paired with the teacher on the same z
-(the teacher endpoint stored in the couplings), exact empirical W2 against data (POT), MMD
-against data and against the teacher, the fraction of folded points of the sampler map
-(``None`` above ``fold_max_dim``), straightness. The teacher is evaluated at the same NFEs
+Per NFE (Euler, window-aware for piecewise students): the sample metrics declared in
+``reflowma.evaluation.spec`` (W2 paired with the teacher on the same z (the teacher endpoint
+stored in the couplings), exact empirical W2 against data (POT), MMD against data and against
+the teacher; for students the fold fraction of the sampler map (``None`` above
+``fold_max_dim``) and straightness). The teacher is evaluated at the same NFEs
 (Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
 """
 
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from reflowma import data
 from reflowma.core import losses, solvers
 from reflowma.core.seeding import generator
-from reflowma.evaluation import metrics
-from reflowma.infra.storage.atomic import write_json
+from reflowma.evaluation import metrics, spec
+from reflowma.infra.storage.atomic import atomic_path, write_json
 from reflowma.infra.storage.couplings import Couplings
 from reflowma.registry import InputError
 from reflowma.stages.common import check_same_data, load_model
@@ -28,15 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None) -> dict:
-    bw = cfg["mmd_bandwidths"]
-    out = {"w2_paired_teacher": metrics.w2_paired(y, ref_teacher),
-           "w2_data": metrics.w2_unpaired(y, ref_data),
-           "mmd_data": metrics.mmd(y, ref_data, bw),
-           "mmd_teacher": metrics.mmd(y, ref_teacher, bw)}
-    if sampler is not None:
-        out["fold_fraction"] = metrics.fold_fraction(sampler, z, cfg["fold_max_dim"])
-        out["straightness"] = metrics.straightness(v, z, grid)
-    return out
+    """The sample metrics of ``reflowma.evaluation.spec`` (registration order) of ``y``."""
+    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid), cfg)
 
 
 def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict:
@@ -54,6 +50,7 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
     log.info("evaluate: K=%d student, %d samples, NFE %s", K, n, cfg["nfe"])
 
+    saved = SampleSaver(out_path, z, x_teacher, x_data, cfg)
     res = {"K": K, "n_samples": n, "student_sha256": ssha, "teacher_sha256": tsha,
            "nfe": {}, "teacher_euler": {}}
     for nfe in cfg["nfe"]:
@@ -63,12 +60,14 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
         res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student, grid)
         yt = solvers.euler_sample(teacher, z, solvers.sample_grid(nfe, 1))
         res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg)
+        saved.add(nfe, y, yt, samp)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
     ceiling = solvers.solve(teacher, z, [0.0, 1.0], cfg["teacher_steps"],
                             cfg["teacher_solver"])[-1]
     res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
                               **sample_metrics(ceiling, z, x_teacher, x_data, cfg)}
+    saved.write(ceiling)
     res["data_floor"] = {"w2_data": metrics.w2_unpaired(
         data.load(cfg["data"], n, generator(cfg["seed"], "eval-data-2")), x_data)}
     test_ends = load_ends(C, "test", K)
@@ -79,6 +78,52 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     write_json(out_path, res)
     log.info("evaluate: wrote %s", out_path)
     return res
+
+
+SAMPLES_MAX_DIM = 16
+
+
+def samples_path(out_path) -> Path:
+    """The sample sets of an evaluation: ``samples.npz`` next to its ``eval.json``."""
+    return Path(out_path).with_name("samples.npz")
+
+
+class SampleSaver:
+    """Collects the sample sets the report's figures need into ``samples.npz`` (float32):
+    ``z`` (noise, t = 0), ``data``, ``teacher`` (the couplings' teacher endpoints, paired by z),
+    ``teacher_ceiling``, per NFE ``student_nfe<n>``, ``teacher_euler_nfe<n>`` and
+    ``fold_nfe<n>`` (bool, det dy/dz <= 0), plus ``dim``. Above ``SAMPLES_MAX_DIM`` only
+    ``dim`` is written (the file always exists: the workflow declares it). Computing the fold
+    mask draws no random numbers, so eval.json is unchanged by it."""
+
+    def __init__(self, out_path, z, x_teacher, x_data, cfg):
+        self.path, self.cfg, self.z = samples_path(out_path), cfg, z
+        self.dim = int(z[0].numel())
+        self.keep = self.dim <= SAMPLES_MAX_DIM
+        self.arrays = {"dim": np.array(self.dim)}
+        if self.keep:
+            self._put("z", z)
+            self._put("data", x_data)
+            self._put("teacher", x_teacher)
+
+    def _put(self, name, x):
+        x = x.detach().reshape(x.shape[0], -1)
+        self.arrays[name] = x.numpy() if x.dtype == torch.bool else x.float().numpy()
+
+    def add(self, nfe, y, yt, sampler):
+        if self.keep:
+            self._put(f"student_nfe{nfe}", y)
+            self._put(f"teacher_euler_nfe{nfe}", yt)
+            mask = metrics.fold_mask(sampler, self.z, self.cfg["fold_max_dim"])
+            if mask is not None:
+                self.arrays[f"fold_nfe{nfe}"] = mask.numpy()
+
+    def write(self, ceiling):
+        if self.keep:
+            self._put("teacher_ceiling", ceiling)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **self.arrays)
+        log.info("evaluate: wrote %s", self.path)
 
 
 SCORE_ERROR_TS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)

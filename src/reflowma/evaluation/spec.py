@@ -1,0 +1,264 @@
+"""The metric specification: every reported metric declared once, in the ``METRICS`` registry.
+
+A ``Metric`` says what it is (key, label, unit, which way is better), where it lives in an
+evaluate run's ``eval.json`` (``paths``: one dotted path per row kind) and, for metrics of a
+sample set, how it is computed (``compute(samples, cfg)``). The evaluate stage computes the
+sample metrics in registration order (``sample_metrics``); the report's tables, figures,
+``metrics.json`` and DVC plots select metrics by their flags. Adding a metric is one
+``METRICS.register(key, Metric(...))`` (a plugin module may do it, see ``reflowma.registry``).
+
+Path placeholders: ``{nfe}`` (a key of a per-NFE dict), ``{t}`` (a key of a per-t dict),
+``{k}`` (an entry of a list of per-window dicts, by its ``k``). Row kinds: ``STUDENT`` (the
+method's own samples) and the references ``TEACHER_EULER`` (same NFE), ``TEACHER_CEILING``
+(many steps), ``DATA_FLOOR`` (two data draws), ``TEACHER`` (the teacher model itself).
+Conventions: t = 0 noise, t = 1 data; a path without ``{nfe}`` gives a per-run value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from reflowma.registry import Registry
+
+STUDENT = "student"
+TEACHER_EULER, TEACHER_CEILING = "teacher (Euler)", "teacher (ceiling)"
+DATA_FLOOR, TEACHER = "data (floor)", "teacher"
+REFERENCES = (TEACHER_EULER, TEACHER_CEILING, DATA_FLOOR, TEACHER)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One sample set on the fixed noise ``z``: ``y`` (the sampler's endpoints), ``teacher``
+    (the teacher endpoints paired with ``y`` by z), ``data`` (independent data samples) and,
+    for a student, its sampler map ``sampler(z)``, velocity ``v`` and time grid ``grid``."""
+
+    y: object
+    z: object
+    teacher: object
+    data: object
+    sampler: Callable | None = None
+    v: Callable | None = None
+    grid: object = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric. ``per``: ``nfe`` (depends on the sampler's NFE), ``run`` (once per run),
+    ``window`` (per window k) or ``t`` (per time t). ``valid``: a dotted path (same
+    placeholders) whose value ``False`` drops the value. ``tables``: the report tables that
+    show it (``main``, ``local``, ``teacher``); ``figure``: a panel of the NFE figure;
+    ``heatmap``, ``plot`` (DVC's nfe plot). ``needs_sampler``: computed for students only."""
+
+    key: str
+    label: str
+    unit: str = ""
+    per: str = "nfe"
+    better: str = "lower"
+    paths: Mapping[str, str] = field(default_factory=dict)
+    valid: str | None = None
+    compute: Callable | None = None
+    needs_sampler: bool = False
+    tables: tuple = ("main",)
+    figure: bool = False
+    heatmap: bool = False
+    plot: bool = False
+    tex: str | None = None
+    note: str | None = None
+
+    def __post_init__(self):
+        if self.per not in ("nfe", "run", "window", "t"):
+            raise ValueError(f"metric {self.key}: per must be nfe, run, window or t")
+        if self.better not in ("lower", "higher"):
+            raise ValueError(f"metric {self.key}: better must be lower or higher")
+
+
+METRICS = Registry("metric")
+
+
+class _Lazy:
+    """``reflowma.evaluation.metrics`` imported on first use (reading the spec needs no
+    torch)."""
+
+    def __getattr__(self, name):
+        from reflowma.evaluation import metrics
+
+        return getattr(metrics, name)
+
+
+M = _Lazy()
+
+
+def register(m: Metric) -> Metric:
+    return METRICS.register(m.key, m)
+
+
+def _sample(key):
+    """Paths of a metric that ``sample_metrics`` computes (students, teacher Euler, ceiling)."""
+    return {STUDENT: f"nfe.{{nfe}}.{key}", TEACHER_EULER: f"teacher_euler.{{nfe}}.{key}",
+            TEACHER_CEILING: f"teacher_ceiling.{key}"}
+
+
+MARG = "audit.marginal.nfe.{nfe}"
+TELE = "audit.telescoping"
+
+# Registration order = column order of the tables = computation order in ``sample_metrics``.
+for _m in (
+    Metric("w2_paired_teacher", "W2 to teacher (paired)", "data units", paths=_sample(
+        "w2_paired_teacher"), compute=lambda s, c: M.w2_paired(s.y, s.teacher),
+        figure=True, heatmap=True, plot=True),
+    Metric("w2_data", "W2 to data", "data units",
+           paths={**_sample("w2_data"), DATA_FLOOR: "data_floor.w2_data"},
+           compute=lambda s, c: M.w2_unpaired(s.y, s.data), figure=True, heatmap=True,
+           plot=True, note="data (floor): W2 between two independent data draws of the "
+           "same size (the finite-sample floor of W2 to data)."),
+    Metric("mmd_data", "MMD² to data", "RBF sum", paths=_sample("mmd_data"),
+           compute=lambda s, c: M.mmd(s.y, s.data, c["mmd_bandwidths"]), figure=True,
+           heatmap=True, plot=True),
+    Metric("mmd_teacher", "MMD² to teacher", "RBF sum", paths=_sample("mmd_teacher"),
+           compute=lambda s, c: M.mmd(s.y, s.teacher, c["mmd_bandwidths"])),
+    Metric("kl", "KL(student‖teacher)", "nats", paths={STUDENT: f"{MARG}.kl_exact"},
+           valid=f"{MARG}.valid", figure=True, heatmap=True,
+           note="KL/TV: exact change of variables against the teacher CNF density, only for "
+           "runs where no sample folded."),
+    Metric("kl_knn", "KL kNN (student‖teacher)", "nats",
+           paths={STUDENT: f"{MARG}.kl_knn", TEACHER_CEILING: "audit.marginal.teacher_kl_knn"},
+           figure=True, note="KL kNN, teacher (ceiling) row: the kNN estimator on the teacher's "
+           "own endpoints (from the couplings), its bias floor."),
+    Metric("tv", "TV(student, teacher)", paths={STUDENT: f"{MARG}.tv"}, valid=f"{MARG}.valid"),
+    Metric("local_kl_sum", "Σ_k local KL_k", "nats", per="run",
+           paths={STUDENT: f"{TELE}.sum_kl"}, valid=f"{TELE}.available",
+           tables=("main", "local"), tex=r"$\sum_k$ local KL$_k$"),
+    Metric("fold_fraction", "fold fraction", "fraction of z",
+           paths={STUDENT: "nfe.{nfe}.fold_fraction"}, needs_sampler=True, figure=True,
+           compute=lambda s, c: M.fold_fraction(s.sampler, s.z, c["fold_max_dim"])),
+    Metric("straightness", "straightness", "squared velocity",
+           paths={STUDENT: "nfe.{nfe}.straightness"}, needs_sampler=True, figure=True,
+           compute=lambda s, c: M.straightness(s.v, s.z, s.grid),
+           note="straightness: Σ_i h_i |(x_1 − x_0) − v(x_(t_i), t_i)|², mean over z, on the "
+           "sampler's own grid (0: straight paths)."),
+    Metric("heldout_tm_loss", "held-out TM loss", "MSE", per="run",
+           paths={STUDENT: "heldout_tm_loss"}),
+    Metric("local_kl", "local KL", "nats", per="window",
+           paths={STUDENT: "audit.local.windows.{k}.kl"}, tables=("local",)),
+    Metric("local_tv", "local TV", per="window", paths={STUDENT: "audit.local.windows.{k}.tv"},
+           tables=()),
+    Metric("local_kl_knn", "local KL kNN", "nats", per="window",
+           paths={STUDENT: "audit.local.windows.{k}.kl_knn"}, tables=()),
+    Metric("tele_tv_final", "TV final", per="run", paths={STUDENT: f"{TELE}.tv_final"},
+           valid=f"{TELE}.available", tables=("local",)),
+    Metric("tele_sum_tv", "Σ_k TV_k", per="run", paths={STUDENT: f"{TELE}.sum_tv"},
+           valid=f"{TELE}.available", tables=("local",), tex=r"$\sum_k$ TV$_k$"),
+    Metric("tele_pinsker_sum", "Σ_k √(KL_k/2)", per="run",
+           paths={STUDENT: f"{TELE}.pinsker_sum"}, valid=f"{TELE}.available",
+           tables=("local",), tex=r"$\sum_k \sqrt{\mathrm{KL}_k/2}$"),
+    Metric("tele_kl_final", "KL final", "nats", per="run", paths={STUDENT: f"{TELE}.kl_final"},
+           valid=f"{TELE}.available", tables=("local",)),
+    Metric("score_error", "teacher score error", "relative", per="t",
+           paths={TEACHER: "audit.score_error.{t}"}, tables=("teacher",),
+           note="score error: sqrt(E|s_teacher − s|² / E|s|²) at samples of p_t, against the "
+           "exact mixture score (8gaussians only)."),
+):
+    register(_m)
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def sample_metrics(s: Samples, cfg: dict) -> dict:
+    """Every registered metric with a ``compute``, in registration order (those needing the
+    sampler only when ``s.sampler`` is given)."""
+    return {m.key: m.compute(s, cfg) for _, m in METRICS.items()
+            if m.compute is not None and (s.sampler is not None or not m.needs_sampler)}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def dig(d, dotted: str):
+    """``d['a']['b']`` for ``'a.b'``; None where a key is missing."""
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def resolve(obj, path: str) -> list[tuple[dict, object]]:
+    """All ``(bindings, value)`` of a path with placeholders in ``obj`` (see module doc)."""
+    segs = path.split(".")
+    out = []
+
+    def walk(o, i, b):
+        if i == len(segs):
+            out.append((b, o))
+            return
+        s = segs[i]
+        if s.startswith("{") and s.endswith("}"):
+            if isinstance(o, dict):
+                items = list(o.items())
+            elif isinstance(o, list):
+                items = [(str(e["k"]), e) for e in o if isinstance(e, dict) and "k" in e]
+            else:
+                return
+            for key, sub in items:
+                walk(sub, i + 1, {**b, s[1:-1]: key})
+        elif isinstance(o, dict) and s in o:
+            walk(o[s], i + 1, b)
+
+    walk(obj, 0, {})
+    return out
+
+
+def column(m: Metric, b: dict) -> str:
+    """The column name of a value: the key, ``<key>_w<k>`` per window, ``<key>_t<t>`` per t."""
+    if "k" in b:
+        return f"{m.key}_w{int(b['k'])}"
+    if "t" in b:
+        return f"{m.key}_t{b['t']}"
+    return m.key
+
+
+def values(res: dict, m: Metric, row: str) -> list[tuple[int, str, object]]:
+    """``(nfe, column, value)`` of metric ``m`` for row kind ``row`` in an eval.json ``res``;
+    ``nfe`` is -1 for values that do not depend on it; values flagged invalid are dropped."""
+    path = m.paths.get(row)
+    if path is None:
+        return []
+    out = []
+    for b, v in resolve(res, path):
+        if m.valid is not None and dig(res, m.valid.format(**b)) is False:
+            continue
+        out.append((int(b["nfe"]) if "nfe" in b else -1, column(m, b), v))
+    return out
+
+
+_DERIVED = re.compile(r"^(?P<key>.+)_(?:w(?P<k>\d+)|t(?P<t>[-+0-9.e]+))$")
+
+
+def lookup(column_name: str) -> tuple[Metric | None, str]:
+    """The metric of a column and its suffix text (``window 2``, ``t=0.9``, or ``''``)."""
+    if column_name in METRICS:
+        return METRICS.get(column_name), ""
+    g = _DERIVED.match(column_name)
+    if g and g["key"] in METRICS:
+        return METRICS.get(g["key"]), f"window {g['k']}" if g["k"] else f"t={g['t']}"
+    return None, ""
+
+
+def header(column_name: str) -> tuple[str, str]:
+    """``(label, unit)`` of a column (``local KL window 2``, ``nats``)."""
+    m, suffix = lookup(column_name)
+    if m is None:
+        return column_name, ""
+    return (f"{m.label} {suffix}" if suffix else m.label), m.unit
+
+
+def selected(flag: str) -> list[Metric]:
+    """Registered metrics with a true ``flag`` (``figure``, ``heatmap``, ``plot``)."""
+    return [m for _, m in METRICS.items() if getattr(m, flag)]
+
+
+def in_table(table: str) -> list[Metric]:
+    return [m for _, m in METRICS.items() if table in m.tables]
