@@ -72,6 +72,10 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a plug-in clean up with this)."""
+        self._items.pop(name, None)
+
     def get(self, name: str):
         """The object registered under ``name``; a ``"module:attr"`` string is imported now
         (built-ins register that way, so reading the names never imports torch)."""

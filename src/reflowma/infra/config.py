@@ -311,7 +311,7 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
         except ConfigError as e:
             raise _in_file(e, src) from None
         cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
-        cfg = deep_merge(cfg, p.get(stage) or {})
+        cfg = deep_merge(_other_net_replaces(cfg, p.get(stage) or {}), p.get(stage) or {})
     overrides = [_strip_stage(stage, o) for o in overrides]
     cfg = apply_overrides(cfg, overrides, where=stage)
     try:
@@ -320,6 +320,16 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
         if _set_by_override(e.field, overrides):
             raise
         raise _in_file(e, src) from None
+
+
+def _other_net_replaces(cfg: dict, over: dict) -> dict:
+    """A ``net`` section naming another architecture replaces the default one instead of being
+    merged into it (the default's fields belong to the default architecture)."""
+    net = over.get("net")
+    if isinstance(net, dict) and "net" in cfg and net.get("name", cfg["net"].get("name")) != \
+            cfg["net"].get("name"):
+        return {**cfg, "net": {}}
+    return cfg
 
 
 def _strip_stage(stage: str, item):
