@@ -357,6 +357,13 @@ def test_failing_figure_fails_the_report(wf, tmp_path, monkeypatch, capsys, capl
     why = json.loads((tmp_path / "c/figures" / F.PLACEHOLDERS).read_text())
     assert list(why) == ["nfe_8gaussians"] and "ZeroDivisionError: figure bug" in why[
         "nfe_8gaussians"]
+    # recorded as a job of its own: the failing report's record is FAILED, with the traceback
+    assert cli.main([*args, "--out", str(tmp_path / "d"), "--record", str(tmp_path / "rec")]) == 1
+    assert cli.main([*args, "--out", str(tmp_path / "e"), "--record", str(tmp_path / "rec"),
+                     "--keep-going-figures"]) == 0
+    recs = [json.loads(r.read_text()) for r in sorted((tmp_path / "rec").glob("*/run.json"))]
+    assert [r["status"] for r in recs] == ["FAILED", "COMPLETED"]
+    assert "ZeroDivisionError: figure bug" in "".join(recs[0]["fail_trace"])
 
 
 def test_spec_drives_tables_metrics_and_plots(wf):

@@ -101,6 +101,9 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     rp.add_argument("--preset", default=None,
                     help="preset name: sets the default --runs and --out")
     rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
+    rp.add_argument("--record", default=None, metavar="DIR",
+                    help="record the report itself as a Sacred run in DIR (a folder apart from "
+                    "--runs); a failing figure leaves it FAILED [not recorded]")
     rp.add_argument("--keep-going-figures", action="store_true",
                     help="a figure that fails is logged and replaced by a placeholder naming "
                     "the error [default: the report fails]")
@@ -171,9 +174,22 @@ def _report(args) -> int:
         expected = expected_from_grid(args.grid)
     from reflowma.report.figures import FigureError
 
+    def make(cfg, on_log=None):
+        res = build_report(runs, out, expected, figures=cfg["figures"],
+                           keep_going_figures=cfg["keep_going_figures"])
+        return {k: len(v) for k, v in res.items()} | {"_res": res}
+
+    cfg = {"seed": 0, "runs": str(runs), "out": str(out), "grid": args.grid,
+           "figures": not args.no_figures, "keep_going_figures": args.keep_going_figures}
     try:
-        res = build_report(runs, out, expected, figures=not args.no_figures,
-                           keep_going_figures=args.keep_going_figures)
+        if args.record:
+            from reflowma.infra.tracking import recorded
+
+            counts = recorded("report", cfg, lambda c, log: {
+                k: v for k, v in make(c).items() if k != "_res"}, args.record, "report")
+            res = {k: [None] * v for k, v in counts.items()}
+        else:
+            res = make(cfg)["_res"]
     except FigureError as e:
         logging.getLogger("reflowma.report").exception("report failed")
         print(f"reflowma: error: {e} (--keep-going-figures writes the others and a "
