@@ -199,7 +199,7 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
                               f"allowed: {', '.join(OBJECTIVES.names())}")
     data = cfg["data"]
-    _check_dataset_name(stage, data["name"])
+    check_dataset_name(f"{stage}.data.name", data["name"])
     if data["name"] == "file":
         path = data.get("path")
         if not path:
@@ -221,13 +221,14 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
 BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file"})
 
 
-def _check_dataset_name(stage: str, name: str) -> None:
+def check_dataset_name(field: str, name: str) -> None:
+    """``name`` is a registered dataset (bundled names need no import of the data layer)."""
     if name in BUILTIN_DATASETS:
         return
     from reflowma.data import DATASETS
 
     if name not in DATASETS:
-        raise ConfigError(f"{stage}.data.name", f"unknown dataset {name!r}; allowed: "
+        raise ConfigError(field, f"unknown dataset {name!r}; allowed: "
                           f"{', '.join(DATASETS.names())}")
 
 

@@ -69,6 +69,8 @@ def grid_path(name_or_path: str) -> Path:
 def load_grid(name_or_path: str) -> dict:
     g = config.load_yaml(grid_path(name_or_path), "grid")
     check_schema("grid", g, "grid")
+    for i, name in enumerate(g["datasets"]):
+        config.check_dataset_name(f"grid.datasets.{i}", name)
     return g
 
 
