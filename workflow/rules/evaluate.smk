@@ -1,7 +1,7 @@
 rule evaluate:
     """Few-step NFE sweep of one student against the teacher and the data."""
     input:
-        params=f"{RESULTS}/configs/evaluate/{{dataset}}/seed~{{seed}}.yaml",
+        params=config_input("evaluate"),
         student=rules.reflow.output.model,
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],

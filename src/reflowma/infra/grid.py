@@ -3,7 +3,7 @@
 A grid (params/grids/*.yaml) lists datasets, seeds and axes (dotted reflow fields -> values);
 its points are the Cartesian product minus ``exclude``. A point is named in paths as
 ``alias~value`` segments in axis order (``K~2/lam~0.1/logdet~exact/ws~1.0``). Every point's
-reflow config is validated before any job starts. ``write_configs`` writes each job's fully
+reflow config is validated before any job starts. ``write_if_changed`` writes each job's fully
 resolved stage config only when its content changes, so Snakemake reruns exactly the jobs whose
 config changed (the resolved config file is the job's input).
 """
@@ -151,13 +151,23 @@ def as_preset(stage: str, cfg: dict) -> dict:
     return {**top, stage: {k: v for k, v in cfg.items() if k not in config.SHARED}}
 
 
+def config_text(obj) -> str:
+    """The text of a resolved config file."""
+    return "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
+        obj, sort_keys=True)
+
+
+def is_current(path: Path, obj) -> bool:
+    """Whether ``path`` already holds exactly ``obj``'s config text."""
+    return path.is_file() and path.read_text() == config_text(obj)
+
+
 def write_if_changed(path: Path, obj) -> bool:
     from reflowma.infra.storage.atomic import atomic_path
 
-    text = "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
-        obj, sort_keys=True)
-    if path.is_file() and path.read_text() == text:
+    if is_current(path, obj):
         return False
+    text = config_text(obj)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(text)
     return True
