@@ -15,6 +15,7 @@ configfile: os.path.join(workflow.basedir, "params/config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/configs.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/couplings.smk"
 include: "workflow/rules/reflow.smk"

@@ -84,13 +84,3 @@ def slurm_resources(rule_name):
 def all_evaluations():
     return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS]
 
-
-rule resolved_config:
-    """Dry runs only: stands for a resolved config that a real run would (re)write."""
-    output:
-        f"{DRYRUN_CONFIGS}/{{path}}.yaml",
-    log:
-        f"{DRYRUN_CONFIGS}/{{path}}.log",  # never written either
-    localrule: True
-    run:
-        raise WorkflowError("resolved configs are written when the DAG is built, not by a job")
