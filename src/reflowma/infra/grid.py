@@ -110,9 +110,28 @@ def _shared(dataset: str, seed: int) -> list:
     return [(["data", "name"], dataset), (["seed"], seed)]
 
 
+def _check_datasets(p: dict, grid: dict) -> None:
+    """A preset's data section that names a file must not be overridden by the grid's dataset
+    (the file would be carried along unused)."""
+    sections = [("preset.data", p.get("data"))] + [
+        (f"preset.{s}.data", (p.get(s) or {}).get("data")) for s in config.STAGES]
+    for where, data in sections:
+        name = data.get("name") if isinstance(data, dict) else None
+        if not name or not data.get("path"):  # (a path without a name: validate() refuses it)
+            continue
+        for i, dataset in enumerate(grid["datasets"]):
+            if dataset != name:
+                raise config.ConfigError(
+                    f"grid.datasets.{i}", f"{dataset!r} conflicts with {where} "
+                    f"(name {name!r}, path {data['path']!r}): the grid's dataset replaces "
+                    f"data.name and the file would go unused; list {name!r} in the grid or "
+                    "drop data from the preset")
+
+
 def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     """Validated config of every job: {(stage, key): cfg}; key = (dataset, seed[, point])."""
     p = preset["stages"]
+    _check_datasets(p, grid)
     out = {}
     checked = set()
     for pt in points:  # grid points first: their errors name the grid field
