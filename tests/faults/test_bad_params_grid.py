@@ -97,6 +97,9 @@ CASES = [
      ["preset.teacher.data"]),
     ("path-with-bundled-dataset", _set("p.data", {"name": "8gaussians", "path": "points.npy"}),
      "reflow.data.path", ["'points.npy' is set but data.name is '8gaussians'", "grid point"]),
+    # evaluate would sample more than the couplings hold (it used to clamp silently)
+    ("evaluate-more-samples-than-test-couplings", _set("p.evaluate.n_samples", 1000),
+     "evaluate.n_samples", ["1000 is more than couplings.n_test = 128"]),
     # missing or unreadable files
     ("missing-preset-file", _set("p", MISSING), "params", ["preset.yaml", "does not exist"]),
     ("missing-grid-file", _set("g", MISSING), "grid", ["grid.yaml", "does not exist"]),

@@ -160,7 +160,12 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
             cp = config.stage_config("couplings", p, base + [(["windows"], sorted(
                 set(cp["windows"]) | Ks))])
             out[("couplings", (dataset, seed))] = cp
-            out[("evaluate", (dataset, seed))] = config.stage_config("evaluate", p, base)
+            ev = config.stage_config("evaluate", p, base)
+            if ev["n_samples"] > cp["n_test"]:  # the evaluate job would refuse it
+                raise config.ConfigError("evaluate.n_samples", f"{ev['n_samples']} is more than "
+                                         f"couplings.n_test = {cp['n_test']}, the test couplings "
+                                         f"it evaluates on; allowed: <= {cp['n_test']}")
+            out[("evaluate", (dataset, seed))] = ev
     return out
 
 
