@@ -25,12 +25,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        all_evaluations(),
         rules.report.output.metrics,
     default_target: True
-
-
-rule evaluations:
-    """Every evaluation of the grid (the DVC `workflow` stage's target)."""
-    input:
-        all_evaluations(),

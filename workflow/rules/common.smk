@@ -42,8 +42,8 @@ def _cfg_path(stage, key):
 # an edit of the preset or grid reruns exactly the jobs it affects. They are written when the DAG
 # is built (input functions run after Snakemake knows whether this is a dry run), never in a dry
 # run: there a missing or stale config is shown as a `resolved_config` job to run (its output is a
-# placeholder under configs/.dryrun/ that nothing writes), so the job that reads it shows as to
-# run too, and nothing is written.
+# placeholder under configs/.dryrun/, one per stage, dataset and seed, that nothing writes), so
+# the job that reads it shows as to run too, and nothing is written.
 DRYRUN_CONFIGS = f"{RESULTS}/configs/.dryrun"
 
 
@@ -58,8 +58,8 @@ def config_input(stage):
         obj = rgrid.as_preset(stage, CONFIGS[(stage, key)])
         if not workflow.dryrun:
             rgrid.write_if_changed(Path(path), obj)
-        elif not rgrid.is_current(Path(path), obj):
-            return DRYRUN_CONFIGS + path[len(f"{RESULTS}/configs"):]
+        elif not rgrid.is_current(Path(path), obj):  # one placeholder per stage, dataset, seed
+            return f"{DRYRUN_CONFIGS}/{stage}/{wc.dataset}/seed~{wc.seed}.yaml"
         return path
 
     return inp
@@ -81,6 +81,12 @@ def slurm_resources(rule_name):
     return {k: v for k, v in r.items() if k != "threads"}
 
 
-def all_evaluations():
-    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS]
+def seed_evaluations(dataset, seed):
+    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS
+            if (p.dataset, p.seed) == (dataset, seed)]
+
+
+def all_evaluation_flags():
+    pairs = dict.fromkeys((p.dataset, p.seed) for p in POINTS)
+    return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
 

@@ -9,7 +9,8 @@
   (all of them) and ``tables/cells.json`` (each cell -> the run ids, seeds and values);
 * ``figures/*.{png,pdf}`` and ``figures/placeholders.json`` (``reflowma.report.figures``);
 * ``metrics.json``: ``{"<dataset>/<method>/nfe~<n>/<metric>": mean over seeds}``, flat and
-  sorted, for ``dvc metrics diff``; ``plots/nfe.csv`` for ``dvc plots``;
+  sorted (every number of the tables); ``summary.json``: a handful of headline numbers (the
+  DVC metrics: ``render.headline``); ``plots/nfe.csv`` for ``dvc plots``;
 * ``missing.json``: expected jobs with no completed run and why.
 
 Modules: ``collect`` (records -> long rows), ``stats`` (mean ± std, t-intervals, paired
@@ -111,6 +112,7 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     written += [tdir / "all.md", tdir / "all.csv", tdir / "cells.json"]
     flat = flat_metrics(tables)
     write_json(out_dir / "metrics.json", flat)
+    write_json(out_dir / "summary.json", R.headline(tables, len(missing)))  # DVC's metrics
     _write_text(out_dir / "plots" / "nfe.csv", R.plot_data(tables))
     write_json(out_dir / "missing.json", missing)
     figs = []

@@ -44,6 +44,30 @@ def flat_metrics(tables) -> dict:
     return dict(sorted(out.items()))
 
 
+HEADLINE = {"w2_paired_teacher": "best_w2", "mmd_data": "best_mmd"}
+
+
+def headline(tables, n_missing: int) -> dict:
+    """A handful of numbers for ``dvc metrics show`` / ``dvc exp show`` (the full set is
+    metrics.json): the missing jobs and, per dataset at its fewest NFE, the lowest seed-mean
+    paired W2 to the teacher and MMD² to the data over the students."""
+    out: dict = {"missing_jobs": n_missing}
+    for t in tables:
+        if t.nfe is None or t.nfe < 1:
+            continue
+        students = t.frame[t.frame["kind"] == "method"]
+        d = out.setdefault(t.dataset, {})
+        if d and d["nfe"] <= t.nfe:
+            continue
+        d.clear()
+        d["nfe"] = t.nfe
+        for m, name in HEADLINE.items():
+            col = f"{m}.mean"
+            if col in students and students[col].notna().any():
+                d[name] = round(float(students[col].min()), 6)
+    return out
+
+
 def plot_metrics() -> list[str]:
     return [m.key for m in spec.selected("plot")]
 
