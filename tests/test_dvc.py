@@ -109,4 +109,4 @@ def test_param_change_reruns_only_affected_jobs(first):
     assert {"evaluate": 2, "evaluations_seed": 1, "evaluations": 1} in runs, out[-4000:]
     assert all("teacher" not in r and "reflow" not in r for r in runs)
     diff = sh(d, "dvc", "metrics", "diff").stdout
-    assert "summary.json" in diff and "8gaussians.best_w2" in diff, diff
+    assert "summary.json" in diff and "8gaussians.w2_nfe1" in diff, diff
