@@ -15,6 +15,7 @@ configfile: os.path.join(workflow.basedir, "params/config.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/configs.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/couplings.smk"
 include: "workflow/rules/reflow.smk"
@@ -24,12 +25,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        all_evaluations(),
         rules.report.output.metrics,
     default_target: True
-
-
-rule evaluations:
-    """Every evaluation of the grid (the DVC `workflow` stage's target)."""
-    input:
-        all_evaluations(),

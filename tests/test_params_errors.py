@@ -54,6 +54,8 @@ CASES = [
      ["teacher.net.time_embed_dim", "7", "multiple of 2"]),
     ("missing-data-file", "teacher", ["data.name=file", "data.path=/nope.npy"], "smoke",
      ["teacher.data.path", "'/nope.npy'", "does not exist"]),
+    ("path-with-bundled-dataset", "teacher", ["data.path=/nope.npy"], "smoke",
+     ["teacher.data.path", "'/nope.npy' is set but data.name is '8gaussians'", "data.name"]),
     ("eps-0.5", "reflow", ["regularizer.eps=0.5"], "smoke",
      ["reflow.regularizer.eps", "0.5", "< 0.5"]),
     ("eps-0", "reflow", ["regularizer.eps=0"], "smoke", ["reflow.regularizer.eps", "0", "> 0"]),

@@ -43,9 +43,22 @@ def test_paper_grid_job_count(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     stats = job_stats(res.stdout + res.stderr)
     print(f"paper grid: {pairs} (dataset, seed) pairs x {len(points)} points -> {stats}")
-    assert stats == {"teacher": pairs, "couplings": pairs, "reflow": pairs * len(points),
-                     "evaluate": pairs * len(points), "report": 1, "all": 1}
-    assert sum(stats.values()) == 398  # 9 + 9 + 189 + 189 + report + all, see README
+    # a dry run writes no config: those a real run would write show as resolved_config jobs (one
+    # per stage, dataset and seed)
+    assert stats == {"resolved_config": 4 * pairs, "teacher": pairs,
+                     "couplings": pairs, "reflow": pairs * len(points),
+                     "evaluate": pairs * len(points), "evaluations_seed": pairs,
+                     "evaluations": 1, "report": 1, "all": 1}
+    assert stats["teacher"] + stats["couplings"] + stats["reflow"] + stats["evaluate"] == 396
+    assert not (tmp_path / "results").exists()
+    # no line lists every evaluation (the report's input used to be one 40 kB line)
+    longest = max(map(len, (res.stdout + res.stderr).splitlines()))
+    assert longest < 3000, longest
+
+
+def configs_snapshot(workdir: Path) -> dict:
+    return {p: (p.read_text(), p.stat().st_mtime_ns)
+            for p in sorted((workdir / "results").glob("*/configs/**/*.yaml"))}
 
 
 @pytest.fixture
@@ -65,14 +78,26 @@ def test_grid_edit_reruns_only_affected_points(grid_run):
     workdir, gpath, grid, cfg = grid_run
     res = snakemake(workdir, "-n", *cfg)
     assert res.returncode == 0 and job_stats(res.stdout) == {}, res.stdout[-2000:]
+    before = configs_snapshot(workdir)
     grid["axes"]["regularizer.weight"] = [0.0, 0.2]  # edit one lambda value
     gpath.write_text(yaml.safe_dump(grid, sort_keys=False))
     res = snakemake(workdir, "-n", *cfg)
     assert res.returncode == 0, res.stderr[-3000:]
     stats = job_stats(res.stdout)
-    assert stats == {"reflow": 2, "evaluate": 2, "report": 1, "all": 1}, res.stdout[-3000:]
+    assert stats == {"resolved_config": 1, "reflow": 2, "evaluate": 2, "evaluations_seed": 1,
+                     "evaluations": 1, "report": 1, "all": 1}, res.stdout[-3000:]
     wanted = set(re.findall(r"wildcards: dataset=\S+, seed=\d+, point=(\S+)", res.stdout))
     assert wanted == {"K~1/lam~0.2/ws~1.0", "K~2/lam~0.2/ws~1.0"}
+    assert configs_snapshot(workdir) == before  # the dry run wrote nothing
+    # A stale config (edited by hand, or left by another version) shows its job as to run, and
+    # stays as it is until a real run.
+    stale = workdir / "results/smoke/configs/evaluate/8gaussians/seed~0.yaml"
+    stale.write_text(stale.read_text() + "# stale\n")
+    before = configs_snapshot(workdir)
+    stats = job_stats(snakemake(workdir, "-n", *cfg).stdout)
+    assert stats == {"resolved_config": 2, "reflow": 2, "evaluate": 4, "evaluations_seed": 1,
+                     "evaluations": 1, "report": 1, "all": 1}
+    assert configs_snapshot(workdir) == before
     # Editing a teacher field reruns the whole chain below that teacher.
     preset = yaml.safe_load((REPO / "params/presets/smoke.yaml").read_text())
     preset["teacher"]["train"]["steps"] += 1

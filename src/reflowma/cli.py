@@ -111,13 +111,21 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     tsub = th.add_subparsers(dest="theory", required=True)
     from reflowma.theory import counterexample as ce
 
-    c = tsub.add_parser("counterexample", help="Theorem 1: equal TM loss, different marginals")
-    c.add_argument("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"))
+    c = tsub.add_parser("counterexample", help="Theorem 1: equal TM loss, different marginals",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Four students of N(mu, Sigma) data with the same trajectory-"
+                        "matching loss and different marginals (rotation, scaling, shrink, "
+                        "translation); writes counterexample.json and a figure (PNG, PDF).")
+    c.add_argument("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"),
+                   help="mean of the 2D Gaussian data")
     c.add_argument("--sigma", nargs=4, type=float, metavar=("S11", "S12", "S21", "S22"),
-                   default=[v for row in ce.DEFAULT_SIGMA for v in row])
-    c.add_argument("--angle", type=float, default=ce.DEFAULT_ANGLE_DEG, help="degrees")
-    c.add_argument("--nfe", nargs="+", type=int, default=list(ce.DEFAULT_NFES))
-    c.add_argument("--out", default=ce.DEFAULT_OUT)
+                   default=[v for row in ce.DEFAULT_SIGMA for v in row],
+                   help="covariance of the data, row by row (symmetric positive definite)")
+    c.add_argument("--angle", type=float, default=ce.DEFAULT_ANGLE_DEG,
+                   help="rotation angle of the rotation student, in degrees")
+    c.add_argument("--nfe", nargs="+", type=int, default=list(ce.DEFAULT_NFES),
+                   help="step counts at which each student's marginal is compared")
+    c.add_argument("--out", default=ce.DEFAULT_OUT, help="output folder")
     return p
 
 
@@ -166,7 +174,11 @@ def _report(args) -> int:
     if runs is None or out is None:
         raise config.ConfigError("report", "give --runs and --out, or --preset")
     if not Path(runs).is_dir():
-        raise FileNotFoundError(f"runs folder {str(runs)!r} does not exist")
+        hint = (f"run the workflow first: snakemake --cores 2 --config preset={args.preset}"
+                + (f" grid={args.grid}" if args.grid else "")) if args.preset else \
+            "run the workflow first (snakemake --cores 2), or give the runs folder it wrote"
+        raise FileNotFoundError(f"runs folder {str(runs)!r} does not exist: no job has run "
+                                f"for it yet; {hint}")
     expected = None
     if args.grid:
         if args.preset:
@@ -177,7 +189,7 @@ def _report(args) -> int:
     def make(cfg, on_log=None):
         res = build_report(runs, out, expected, figures=cfg["figures"],
                            keep_going_figures=cfg["keep_going_figures"])
-        return {k: len(v) for k, v in res.items()} | {"_res": res}
+        return {k: v if isinstance(v, int) else len(v) for k, v in res.items()} | {"_res": res}
 
     cfg = {"seed": 0, "runs": str(runs), "out": str(out), "grid": args.grid,
            "figures": not args.no_figures, "keep_going_figures": args.keep_going_figures}
@@ -187,16 +199,16 @@ def _report(args) -> int:
 
             counts = recorded("report", cfg, lambda c, log: {
                 k: v for k, v in make(c).items() if k != "_res"}, args.record, "report")
-            res = {k: [None] * v for k, v in counts.items()}
         else:
-            res = make(cfg)["_res"]
+            counts = make(cfg)
     except FigureError as e:
         logging.getLogger("reflowma.report").exception("report failed")
         print(f"reflowma: error: {e} (--keep-going-figures writes the others and a "
               "placeholder)", file=sys.stderr)
         return 1
-    print(f"report: {len(res['tables'])} table files, {len(res['figures'])} figure files, "
-          f"{len(res['metrics'])} metrics, {len(res['missing'])} missing jobs -> {out}")
+    print(f"report: {counts['n_tables']} tables ({counts['tables']} files under tables/), "
+          f"{counts['figures']} figure files, {counts['metrics']} metrics in metrics.json, "
+          f"{counts['missing']} missing jobs -> {out}")
     return 0
 
 
@@ -249,6 +261,8 @@ def main(argv=None) -> int:
             res = ce.write_counterexample(args.out, args.mu, sigma, args.angle, args.nfe)
             for name, s in res["students"].items():
                 print(f"{name:12s} TM={s['tm_loss']:.6g}  W2={s['w2']}")
+            print(f"wrote {Path(args.out) / 'counterexample.json'} and "
+                  f"counterexample.{{png,pdf}} in {args.out}")
             return 0
         _run_stage(args)
     except (config.InputError, CheckpointError, CouplingsError, FileNotFoundError) as e:

@@ -87,6 +87,19 @@ CASES = [
      ["not an axis", "K"]),
     ("grid-exclude-not-a-value", _set("g.exclude", [{"K": 4}]), "grid.exclude.0.K",
      ["4 is not a value", "[1, 2]"]),
+    # conflicting dataset settings: a preset's data file that the grid's dataset would replace,
+    # a data.path that a bundled dataset would ignore
+    ("grid-dataset-replaces-preset-file",
+     _set("p.data", {"name": "file", "path": "points.npy"}), "grid.datasets.0",
+     ["'8gaussians' conflicts with preset.data", "'points.npy'", "list 'file' in the grid"]),
+    ("grid-dataset-replaces-stage-file",
+     _set("p.teacher.data", {"name": "file", "path": "points.npy"}), "grid.datasets.0",
+     ["preset.teacher.data"]),
+    ("path-with-bundled-dataset", _set("p.data", {"name": "8gaussians", "path": "points.npy"}),
+     "reflow.data.path", ["'points.npy' is set but data.name is '8gaussians'", "grid point"]),
+    # evaluate would sample more than the couplings hold (it used to clamp silently)
+    ("evaluate-more-samples-than-test-couplings", _set("p.evaluate.n_samples", 1000),
+     "evaluate.n_samples", ["1000 is more than couplings.n_test = 128"]),
     # missing or unreadable files
     ("missing-preset-file", _set("p", MISSING), "params", ["preset.yaml", "does not exist"]),
     ("missing-grid-file", _set("g", MISSING), "grid", ["grid.yaml", "does not exist"]),

@@ -38,10 +38,32 @@ def _cfg_path(stage, key):
     return f"{RESULTS}/configs/{stage}/{dataset}/seed~{seed}.yaml"
 
 
-# Resolved per-job configs, rewritten only when their content changes: they are the jobs'
-# inputs, so an edit of the preset or grid reruns exactly the jobs it affects.
-for (_stage, _key), _cfg in CONFIGS.items():
-    rgrid.write_if_changed(Path(_cfg_path(_stage, _key)), rgrid.as_preset(_stage, _cfg))
+# Resolved per-job configs are the jobs' inputs, rewritten only when their content changes, so
+# an edit of the preset or grid reruns exactly the jobs it affects. They are written when the DAG
+# is built (input functions run after Snakemake knows whether this is a dry run), never in a dry
+# run: there a missing or stale config is shown as a `resolved_config` job to run (its output is a
+# placeholder under configs/.dryrun/, one per stage, dataset and seed, that nothing writes), so
+# the job that reads it shows as to run too, and nothing is written.
+DRYRUN_CONFIGS = f"{RESULTS}/configs/.dryrun"
+
+
+def config_input(stage):
+    """Input function: the resolved config of a `stage` job (see above)."""
+
+    def inp(wc):
+        key = (wc.dataset, int(wc.seed)) + ((wc.point,) if stage == "reflow" else ())
+        path = _cfg_path(stage, key)
+        if (stage, key) not in CONFIGS:  # not a job of this grid: missing input as usual
+            return path
+        obj = rgrid.as_preset(stage, CONFIGS[(stage, key)])
+        if not workflow.dryrun:
+            rgrid.write_if_changed(Path(path), obj)
+        elif not rgrid.is_current(Path(path), obj):  # one placeholder per stage, dataset, seed
+            return f"{DRYRUN_CONFIGS}/{stage}/{wc.dataset}/seed~{wc.seed}.yaml"
+        return path
+
+    return inp
+
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
@@ -59,5 +81,12 @@ def slurm_resources(rule_name):
     return {k: v for k, v in r.items() if k != "threads"}
 
 
-def all_evaluations():
-    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS]
+def seed_evaluations(dataset, seed):
+    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS
+            if (p.dataset, p.seed) == (dataset, seed)]
+
+
+def all_evaluation_flags():
+    pairs = dict.fromkeys((p.dataset, p.seed) for p in POINTS)
+    return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
+

@@ -1,7 +1,7 @@
 rule couplings:
     """Teacher ODE z -> x with the window-end states of every K in the grid (HDF5)."""
     input:
-        params=f"{RESULTS}/configs/couplings/{{dataset}}/seed~{{seed}}.yaml",
+        params=config_input("couplings"),
         teacher=rules.teacher.output.model,
     output:
         f"{RESULTS}/couplings/{{dataset}}/seed~{{seed}}.h5",

@@ -1,7 +1,7 @@
 rule evaluate:
     """Few-step NFE sweep of one student against the teacher and the data."""
     input:
-        params=f"{RESULTS}/configs/evaluate/{{dataset}}/seed~{{seed}}.yaml",
+        params=config_input("evaluate"),
         student=rules.reflow.output.model,
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
@@ -25,3 +25,22 @@ rule evaluate:
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
         " > {log} 2>&1"
+
+
+rule evaluations_seed:
+    """Flag: every evaluation of one dataset and seed is done (keeps dry-run lines short)."""
+    input:
+        lambda wc: seed_evaluations(wc.dataset, int(wc.seed)),
+    output:
+        touch(f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/done.flag"),
+    localrule: True
+
+
+rule evaluations:
+    """Every evaluation of the grid, through one flag per dataset and seed (the DVC `workflow`
+    stage's target; the report's input)."""
+    input:
+        all_evaluation_flags(),
+    output:
+        touch(f"{RESULTS}/eval/done.flag"),
+    localrule: True

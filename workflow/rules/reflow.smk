@@ -2,7 +2,7 @@ rule reflow:
     """A reflow student at one grid point (vanilla or piecewise, +/- window-start term and
     marginal-alignment regularizer)."""
     input:
-        params=f"{RESULTS}/configs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.yaml",
+        params=config_input("reflow"),
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
     output:

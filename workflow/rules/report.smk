@@ -23,12 +23,14 @@ REPORT_FIGURES = [report(f"{REPORT}/figures/{f['stem']}.png",
 
 
 rule report:
-    """Tables (Markdown, LaTeX, CSV), figures, metrics.json (for `dvc metrics diff`) and
-    missing.json from the run records of every evaluation."""
+    """Tables (Markdown, LaTeX, CSV), figures, metrics.json (every number), summary.json (the
+    headline numbers: DVC's metrics) and missing.json from the run records of every
+    evaluation."""
     input:
-        all_evaluations(),
+        rules.evaluations.output,
     output:
         metrics=f"{REPORT}/metrics.json",
+        summary=f"{REPORT}/summary.json",
         tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst",
                       category="Tables"),
         plots=f"{REPORT}/plots/nfe.csv",

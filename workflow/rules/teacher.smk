@@ -1,7 +1,7 @@
 rule teacher:
     """Flow-matching teacher, one per dataset and seed."""
     input:
-        params=f"{RESULTS}/configs/teacher/{{dataset}}/seed~{{seed}}.yaml",
+        params=config_input("teacher"),
     output:
         model=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/teacher.pt",
         metrics=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/metrics.json",

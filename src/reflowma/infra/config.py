@@ -200,6 +200,10 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
                               f"allowed: {', '.join(OBJECTIVES.names())}")
     data = cfg["data"]
     check_dataset_name(f"{stage}.data.name", data["name"])
+    if data.get("path") and data["name"] in BUILTIN_DATASETS - {"file"}:
+        raise ConfigError(f"{stage}.data.path", f"{data['path']!r} is set but data.name is "
+                          f"{data['name']!r}, a bundled dataset that never reads it; "
+                          "set data.name to file to read the file, or drop data.path")
     if data["name"] == "file":
         path = data.get("path")
         if not path:

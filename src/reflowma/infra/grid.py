@@ -3,7 +3,7 @@
 A grid (params/grids/*.yaml) lists datasets, seeds and axes (dotted reflow fields -> values);
 its points are the Cartesian product minus ``exclude``. A point is named in paths as
 ``alias~value`` segments in axis order (``K~2/lam~0.1/logdet~exact/ws~1.0``). Every point's
-reflow config is validated before any job starts. ``write_configs`` writes each job's fully
+reflow config is validated before any job starts. ``write_if_changed`` writes each job's fully
 resolved stage config only when its content changes, so Snakemake reruns exactly the jobs whose
 config changed (the resolved config file is the job's input).
 """
@@ -112,9 +112,28 @@ def _shared(dataset: str, seed: int) -> list:
     return [(["data", "name"], dataset), (["seed"], seed)]
 
 
+def _check_datasets(p: dict, grid: dict) -> None:
+    """A preset's data section that names a file must not be overridden by the grid's dataset
+    (the file would be carried along unused)."""
+    sections = [("preset.data", p.get("data"))] + [
+        (f"preset.{s}.data", (p.get(s) or {}).get("data")) for s in config.STAGES]
+    for where, data in sections:
+        name = data.get("name") if isinstance(data, dict) else None
+        if not name or not data.get("path"):  # (a path without a name: validate() refuses it)
+            continue
+        for i, dataset in enumerate(grid["datasets"]):
+            if dataset != name:
+                raise config.ConfigError(
+                    f"grid.datasets.{i}", f"{dataset!r} conflicts with {where} "
+                    f"(name {name!r}, path {data['path']!r}): the grid's dataset replaces "
+                    f"data.name and the file would go unused; list {name!r} in the grid or "
+                    "drop data from the preset")
+
+
 def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     """Validated config of every job: {(stage, key): cfg}; key = (dataset, seed[, point])."""
     p = preset["stages"]
+    _check_datasets(p, grid)
     out = {}
     checked = set()
     for pt in points:  # grid points first: their errors name the grid field
@@ -143,7 +162,12 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
             cp = config.stage_config("couplings", p, base + [(["windows"], sorted(
                 set(cp["windows"]) | Ks))])
             out[("couplings", (dataset, seed))] = cp
-            out[("evaluate", (dataset, seed))] = config.stage_config("evaluate", p, base)
+            ev = config.stage_config("evaluate", p, base)
+            if ev["n_samples"] > cp["n_test"]:  # the evaluate job would refuse it
+                raise config.ConfigError("evaluate.n_samples", f"{ev['n_samples']} is more than "
+                                         f"couplings.n_test = {cp['n_test']}, the test couplings "
+                                         f"it evaluates on; allowed: <= {cp['n_test']}")
+            out[("evaluate", (dataset, seed))] = ev
     return out
 
 
@@ -153,13 +177,23 @@ def as_preset(stage: str, cfg: dict) -> dict:
     return {**top, stage: {k: v for k, v in cfg.items() if k not in config.SHARED}}
 
 
+def config_text(obj) -> str:
+    """The text of a resolved config file."""
+    return "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
+        obj, sort_keys=True)
+
+
+def is_current(path: Path, obj) -> bool:
+    """Whether ``path`` already holds exactly ``obj``'s config text."""
+    return path.is_file() and path.read_text() == config_text(obj)
+
+
 def write_if_changed(path: Path, obj) -> bool:
     from reflowma.infra.storage.atomic import atomic_path
 
-    text = "# written by the workflow from the preset and grid; do not edit\n" + yaml.safe_dump(
-        obj, sort_keys=True)
-    if path.is_file() and path.read_text() == text:
+    if is_current(path, obj):
         return False
+    text = config_text(obj)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(text)
     return True

@@ -9,7 +9,8 @@
   (all of them) and ``tables/cells.json`` (each cell -> the run ids, seeds and values);
 * ``figures/*.{png,pdf}`` and ``figures/placeholders.json`` (``reflowma.report.figures``);
 * ``metrics.json``: ``{"<dataset>/<method>/nfe~<n>/<metric>": mean over seeds}``, flat and
-  sorted, for ``dvc metrics diff``; ``plots/nfe.csv`` for ``dvc plots``;
+  sorted (every number of the tables); ``summary.json``: a handful of headline numbers (the
+  DVC metrics: ``render.headline``); ``plots/nfe.csv`` for ``dvc plots``;
 * ``missing.json``: expected jobs with no completed run and why.
 
 Modules: ``collect`` (records -> long rows), ``stats`` (mean ± std, t-intervals, paired
@@ -70,9 +71,10 @@ def _missing(runs, expected) -> list[dict]:
 
 def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
                  keep_going_figures: bool = False) -> dict:
-    """Write the report under ``out_dir``; returns {'tables', 'figures', 'metrics', 'missing'}
-    (paths, the flat metrics and the missing jobs). A figure function that fails raises
-    (after the tables are written) unless ``keep_going_figures``."""
+    """Write the report under ``out_dir``; returns {'tables', 'figures', 'metrics', 'missing',
+    'n_tables'} (file paths, the flat metrics, the missing jobs, the number of tables). A
+    figure function that fails raises (after the tables are written) unless
+    ``keep_going_figures``."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     expected = list(expected_jobs) if expected_jobs is not None else None
@@ -110,6 +112,7 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     written += [tdir / "all.md", tdir / "all.csv", tdir / "cells.json"]
     flat = flat_metrics(tables)
     write_json(out_dir / "metrics.json", flat)
+    write_json(out_dir / "summary.json", R.headline(tables, len(missing)))  # DVC's metrics
     _write_text(out_dir / "plots" / "nfe.csv", R.plot_data(tables))
     write_json(out_dir / "missing.json", missing)
     figs = []
@@ -119,7 +122,5 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
         stems = F.expected_stems(expected) if expected is not None else ()
         figs = F.make_figures(runs, tables, out_dir / "figures", stems,
                               keep_going=keep_going_figures)
-    log.info("report: %d tables, %d figures, %d metrics, %d missing jobs -> %s",
-             len(tables), len(figs), len(flat), len(missing), out_dir)
     return {"tables": [str(p) for p in written], "figures": [str(p) for p in figs],
-            "metrics": flat, "missing": missing}
+            "metrics": flat, "missing": missing, "n_tables": len(tables)}

@@ -44,6 +44,28 @@ def flat_metrics(tables) -> dict:
     return dict(sorted(out.items()))
 
 
+HEADLINE = {"w2_paired_teacher": "w2", "mmd_data": "mmd"}
+
+
+def headline(tables, n_missing: int) -> dict:
+    """A handful of numbers for ``dvc metrics show`` / ``dvc exp show`` (every number is in
+    metrics.json): the missing jobs and, per dataset at its fewest NFE n, the lowest seed-mean
+    paired W2 to the teacher (``w2_nfe<n>``) and MMD² to the data (``mmd_nfe<n>``) over the
+    students."""
+    best: dict = {}
+    for t in tables:
+        if t.nfe is None or t.nfe < 1 or best.get(t.dataset, (t.nfe + 1,))[0] <= t.nfe:
+            continue
+        students = t.frame[t.frame["kind"] == "method"]
+        vals = {}
+        for m, name in HEADLINE.items():
+            col = f"{m}.mean"
+            if col in students and students[col].notna().any():
+                vals[f"{name}_nfe{t.nfe}"] = round(float(students[col].min()), 6)
+        best[t.dataset] = (t.nfe, vals)
+    return {"missing": n_missing, **{d: v for d, (_, v) in sorted(best.items())}}
+
+
 def plot_metrics() -> list[str]:
     return [m.key for m in spec.selected("plot")]
 

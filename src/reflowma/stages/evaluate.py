@@ -44,7 +44,11 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
                          f"than {str(teacher_path)!r}")
     C = Couplings(couplings_path, {"teacher_sha256": tsha})
     K = int(smeta["K"])
-    n = min(cfg["n_samples"], C.counts["test"])
+    n = cfg["n_samples"]
+    if n > C.counts["test"]:  # every metric's sample size: never fewer than asked, silently
+        raise InputError(f"evaluate.n_samples: {n} is more than the {C.counts['test']} test "
+                         f"couplings in {str(couplings_path)!r}; set n_samples <= "
+                         f"{C.counts['test']} or regenerate the couplings with n_test >= {n}")
     test = torch.from_numpy(C.states("test", n=n))
     z, x_teacher = test[:, 0], test[:, -1]
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
@@ -151,7 +155,9 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     if mix is not None:
         out["score_error"] = audit.score_error_vs_t(teacher, mix, SCORE_ERROR_TS, z.shape[0],
                                                     generator(cfg["seed"], "audit-score"))
-    log.info("evaluate: audit %s", {k: v.get("kl_knn") for k, v in marg["nfe"].items()})
+    log.info("evaluate: audit: KL(student || teacher), kNN estimate, per NFE: %s",
+             ", ".join(f"NFE {k}: {v.get('kl_knn'):.4g}" if v.get("kl_knn") is not None
+                       else f"NFE {k}: n/a" for k, v in marg["nfe"].items()))
     return out
 
 
