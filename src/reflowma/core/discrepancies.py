@@ -94,7 +94,23 @@ def _sinkhorn_potentials(C: torch.Tensor, eps: float, iters: int, tol: float):
     return f, g, loga, logb
 
 
-def entropic_ot(x: torch.Tensor, y: torch.Tensor, eps: float, iters: int = 100,
+def _sinkhorn_self_potential(C: torch.Tensor, eps: float, iters: int, tol: float):
+    """The potential ``f = g`` of entropic OT of a uniform set with itself (symmetric cost):
+    averaged updates ``f <- (f + T(f)) / 2``, which converge in a few iterations. No gradient."""
+    n = C.shape[0]
+    loga = torch.full((n,), -math.log(n), dtype=C.dtype, device=C.device)
+    f = torch.zeros_like(loga)
+    with torch.no_grad():
+        for _ in range(iters):
+            f_new = 0.5 * (f - eps * torch.logsumexp(loga[None, :] + (f[None, :] - C) / eps, 1))
+            delta = float((f_new - f).abs().max())
+            f = f_new
+            if delta < tol:
+                break
+    return f, f, loga, loga
+
+
+def entropic_ot(x: torch.Tensor, y: torch.Tensor | None, eps: float, iters: int = 100,
                 tol: float = 1e-6) -> torch.Tensor:
     """``OT_eps(x, y) = min_P <P, C> + eps KL(P | a b^T)``, uniform ``a``, ``b``, ``C = |x - y|²``.
 
@@ -102,10 +118,15 @@ def entropic_ot(x: torch.Tensor, y: torch.Tensor, eps: float, iters: int = 100,
     ``<a, f> + <b, g> - eps <a b^T, exp((f + g^T - C) / eps) - 1>`` at those fixed potentials,
     differentiated only through ``C``: by the envelope theorem its gradient ``sum_ij P_ij dC_ij``
     is the gradient of ``OT_eps`` at convergence (exact up to the Sinkhorn tolerance), at the
-    memory of one cost matrix instead of ``iters`` unrolled ones.
+    memory of one cost matrix instead of ``iters`` unrolled ones. ``y = None``: ``x`` with itself
+    (symmetric updates).
     """
-    C = sqdist(x, y)
-    f, g, loga, logb = _sinkhorn_potentials(C.detach(), eps, iters, tol)
+    if y is None:
+        C = sqdist(x, x)
+        f, g, loga, logb = _sinkhorn_self_potential(C.detach(), eps, iters, tol)
+    else:
+        C = sqdist(x, y)
+        f, g, loga, logb = _sinkhorn_potentials(C.detach(), eps, iters, tol)
     logP = loga[:, None] + logb[None, :] + (f[:, None] + g[None, :] - C) / eps
     return loga.exp() @ f + logb.exp() @ g - eps * (logP.exp().sum() - 1.0)
 
@@ -115,5 +136,5 @@ def sinkhorn_divergence(x: torch.Tensor, y: torch.Tensor, eps: float, iters: int
     """Debiased ``S_eps(x, y) = OT_eps(x, y) - OT_eps(x, x) / 2 - OT_eps(y, y) / 2`` (0 for
     identical sets, ``-> W2²`` as ``eps -> 0``, ``-> MMD`` with kernel ``-|.|²`` as
     ``eps -> inf``)."""
-    return (entropic_ot(x, y, eps, iters, tol) - 0.5 * entropic_ot(x, x, eps, iters, tol)
-            - 0.5 * entropic_ot(y, y, eps, iters, tol))
+    return (entropic_ot(x, y, eps, iters, tol) - 0.5 * entropic_ot(x, None, eps, iters, tol)
+            - 0.5 * entropic_ot(y, None, eps, iters, tol))
