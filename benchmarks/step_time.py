@@ -2,9 +2,10 @@
 
 Run: `.venv/bin/python benchmarks/step_time.py [--device cuda] [--dim 2] [--batch 256]`.
 Arms: plain trajectory matching (TM), + window-start term, + marginal regularizer with each
-log-det mode (exact / trace / hutchinson). Each arm's loss is the ``Objective`` that the reflow
-stage builds from a reflow config (the same objects training uses), on the same network, all
-timed in the same run.
+log-det mode (exact / trace / hutchinson), + each sample discrepancy in place of the reverse KL
+(mmd / sliced_w2 / sinkhorn, their default settings; ``--arms`` picks a subset). Each arm's
+loss is the ``Objective`` that the reflow stage builds from a reflow config (the same objects
+training uses), on the same network, all timed in the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ ARMS = {
                   "regularizer.logdet": "trace"},
     "reg_hutchinson": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
                        "regularizer.logdet": "hutchinson"},
+    **{f"disc_{d}": {"window_start_weight": 1.0, "regularizer.weight": 1.0,
+                     "regularizer.discrepancy": d} for d in ("mmd", "sliced_w2", "sinkhorn")},
 }
 
 
@@ -59,13 +62,14 @@ def main():
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--K", type=int, default=4)
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms [all]")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
     v = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev)
     teacher = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev).requires_grad_(False)
     ends = torch.randn(4096, args.K + 1, args.dim)
-    arms = list(ARMS) if args.dim <= 16 else [a for a in ARMS if a != "reg_exact"]
+    arms = [a for a in args.arms.split(",") if args.dim <= 16 or a != "reg_exact"]
     res = {}
     for arm in arms:
         cfg = arm_config(arm, args.K, args.batch, args.reg_batch or args.batch)

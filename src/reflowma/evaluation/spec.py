@@ -49,7 +49,9 @@ class Metric:
     ``window`` (per window k) or ``t`` (per time t). ``valid``: a dotted path (same
     placeholders) whose value ``False`` drops the value. ``tables``: the report tables that
     show it (``main``, ``local``, ``teacher``); ``figure``: a panel of the NFE figure;
-    ``heatmap``, ``plot`` (DVC's nfe plot). ``needs_sampler``: computed for students only."""
+    ``heatmap``, ``plot`` (DVC's nfe plot). ``needs_sampler``: computed for students only.
+    ``record``: the run record whose result ``paths`` are read in: ``evaluate`` (eval.json) or
+    ``reflow`` (the student's training record of the same grid job, e.g. its cost)."""
 
     key: str
     label: str
@@ -66,12 +68,15 @@ class Metric:
     plot: bool = False
     tex: str | None = None
     note: str | None = None
+    record: str = "evaluate"
 
     def __post_init__(self):
         if self.per not in ("nfe", "run", "window", "t"):
             raise ValueError(f"metric {self.key}: per must be nfe, run, window or t")
         if self.better not in ("lower", "higher"):
             raise ValueError(f"metric {self.key}: better must be lower or higher")
+        if self.record not in ("evaluate", "reflow"):
+            raise ValueError(f"metric {self.key}: record must be evaluate or reflow")
 
 
 METRICS = Registry("metric")
@@ -140,6 +145,10 @@ for _m in (
            "sampler's own grid (0: straight paths)."),
     Metric("heldout_tm_loss", "held-out TM loss", "MSE", per="run",
            paths={STUDENT: "heldout_tm_loss"}),
+    Metric("seconds_per_step", "s/step (training)", "seconds", per="run",
+           paths={STUDENT: "seconds_per_step"}, record="reflow", tex=r"s/step",
+           note="s/step: wall-clock seconds per training step of the student, from its reflow "
+           "run record (machine- and load-dependent: compare runs made side by side)."),
     Metric("local_kl", "local KL", "nats", per="window",
            paths={STUDENT: "audit.local.windows.{k}.kl"}, tables=("local",)),
     Metric("local_tv", "local TV", per="window", paths={STUDENT: "audit.local.windows.{k}.tv"},

@@ -20,6 +20,7 @@ import yaml
 from reflowma.infra import config
 
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
+           "regularizer.discrepancy": "disc",
            "window_start_weight": "ws", "regularizer.eps": "eps",
            "regularizer.warm_start": "warm", "loss.name": "loss", "time_sampler.name": "tsamp"}
 

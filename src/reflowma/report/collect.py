@@ -45,17 +45,26 @@ def evaluations(runs: pd.DataFrame) -> pd.DataFrame:
     return ev[ev["point"].notna() & ev["dataset"].notna()]
 
 
-def eval_long(ev: pd.DataFrame) -> pd.DataFrame:
+def eval_long(ev: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long form of evaluate results: dataset, method, seed, run_id, nfe, metric, value.
 
     ``nfe`` is -1 for values that do not depend on the sampler's NFE. Reference rows (teacher
     Euler, ceiling, data floor, the teacher itself) come from one evaluate run per seed (the
-    lowest run id): they do not depend on the student.
+    lowest run id): they do not depend on the student. Metrics with ``record == "reflow"``
+    are read from the latest completed reflow run of the same grid job in ``runs`` (``run_id``
+    stays the evaluate run's).
     """
+    trained = {}
+    if runs is not None:
+        for r in latest_completed(runs, "reflow").itertuples():
+            if isinstance(r.result, dict) and r.point is not None:
+                trained[(r.dataset, int(r.seed), r.point)] = r.result
     rows = []
     refs_done = set()
     for _, r in ev.sort_values("run_id").iterrows():
         res = r["result"] if isinstance(r["result"], dict) else {}
+        records = {"evaluate": res,
+                   "reflow": trained.get((r["dataset"], int(r["seed"]), r["point"]), {})}
         kinds = [(spec.STUDENT, r["point"])]
         key = (r["dataset"], int(r["seed"]))
         if key not in refs_done and any(res.get(k) for k in ("teacher_euler", "teacher_ceiling",
@@ -64,7 +73,7 @@ def eval_long(ev: pd.DataFrame) -> pd.DataFrame:
             kinds += [(ref, ref) for ref in spec.REFERENCES]
         for _, m in spec.METRICS.items():
             for kind, method in kinds:
-                for nfe, col, value in spec.values(res, m, kind):
+                for nfe, col, value in spec.values(records[m.record], m, kind):
                     v = num(value)
                     if not np.isnan(v):
                         rows.append({"dataset": r["dataset"], "method": method,

@@ -559,7 +559,7 @@ def make_figures(runs: pd.DataFrame, tables, out_dir, expected=(),
     logged and the placeholder names the error. ``placeholders.json`` lists every placeholder
     written and why."""
     out_dir = Path(out_dir)
-    long = C.eval_long(C.evaluations(runs))
+    long = C.eval_long(C.evaluations(runs), runs)
     tl = C.training_long(runs)
     datasets = C.unique(t.dataset for t in tables)
     paths, why = [], {}

@@ -11,7 +11,7 @@ from scipy import stats
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import num
 
-REG_AXES = ("lam", "logdet", "eps", "warm")
+REG_AXES = ("lam", "disc", "logdet", "eps", "warm")
 
 
 def summarize(values) -> dict:

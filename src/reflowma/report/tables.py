@@ -128,14 +128,15 @@ def _notes(has_lam, metrics):
         notes.append("p: two-sided paired t-test (scipy.stats.ttest_rel over common seeds) "
                      "against the same point with lam 0.")
     notes += _spec_notes(metrics)
-    notes.append("Per-run metrics (held-out TM loss, Σ local KL) do not depend on the NFE.")
+    notes.append("Per-run metrics (held-out TM loss, Σ local KL, s/step) do not depend on the "
+                 "NFE.")
     return notes
 
 
 def build_tables(runs: pd.DataFrame, expected_jobs=None) -> list[Table]:
     """Per dataset: one main table per NFE, a local-audit table and a teacher table (where
     their data are present) and the effects table (if the grid has a lam axis)."""
-    long = eval_long(evaluations(runs))
+    long = eval_long(evaluations(runs), runs)
     pl = plan(runs, expected_jobs)
     main = [m.key for m in spec.in_table("main")]
     tables = []

@@ -48,7 +48,8 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
                          f"{str(teacher_path)!r} ({sha[:12]}...)")
     reg = cfg["regularizer"]
     d = int(torch.tensor(meta["data_shape"]).prod())
-    if reg["weight"] > 0 and reg["logdet"] == "exact" and d > reg["exact_max_dim"]:
+    if (reg["weight"] > 0 and reg["discrepancy"] == "reverse_kl" and reg["logdet"] == "exact"
+            and d > reg["exact_max_dim"]):
         raise InputError(f"reflow.regularizer.logdet: 'exact' needs d <= "
                          f"regularizer.exact_max_dim = {reg['exact_max_dim']}, data has d = {d}; "
                          "allowed here: trace, hutchinson")
@@ -77,7 +78,8 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     N = ends.shape[0]
     loss_fn = objectives.build(cfg, objectives.Context(ends, K, dev, teacher, tr["steps"]))
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
-             K, N, cfg["window_start_weight"], reg["weight"], reg["logdet"])
+             K, N, cfg["window_start_weight"], reg["weight"],
+             reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
     fp = fingerprint(cfg, sha, C.attrs["times"])
     t0 = time.perf_counter()
     ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log)
