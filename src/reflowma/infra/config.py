@@ -208,6 +208,18 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError(f"{stage}.data.path", f"file {path!r} does not exist")
         if Path(path).suffix.lower() not in (".npy", ".csv", ".h5", ".hdf5"):
             raise ConfigError(f"{stage}.data.path", f"{path!r}: allowed suffixes .npy, .csv, .h5")
+    if data["name"] in ("cifar10", "images"):
+        path = data.get("path")
+        if not path:
+            raise ConfigError(f"{stage}.data.path", f"is required when data.name is "
+                              f"{data['name']!r}")
+        if not Path(path).exists():
+            raise ConfigError(f"{stage}.data.path", f"{path!r} does not exist")
+    if data.get("hflip") and data["name"] in BUILTIN_DATASETS - IMAGE_DATASETS:
+        if not (data["name"] == "digits" and data.get("layout") == "image"):
+            raise ConfigError(f"{stage}.data.hflip", f"applies to image datasets "
+                              f"({', '.join(sorted(IMAGE_DATASETS))}, digits with layout "
+                              f"image), not {data['name']!r}")
     if stage == "reflow":
         reg, K = cfg["regularizer"], cfg["K"]
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
@@ -218,7 +230,9 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
 
 # The bundled datasets (tests/test_data_registry.py checks this against the registry): their
 # names are checked without importing the data layer (and torch) at the workflow's parse time.
-BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file"})
+BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file",
+                              "mnist", "cifar10", "images"})
+IMAGE_DATASETS = frozenset({"mnist", "cifar10", "images"})
 
 
 def _check_dataset_name(stage: str, name: str) -> None:
