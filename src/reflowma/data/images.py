@@ -153,6 +153,9 @@ def cifar10_dataset(cfg: dict) -> ImageDataset:
                         np.concatenate([p[1] for p in parts]), **_opts(cfg))
 
 
+cifar10_dataset.shape_of = lambda cfg: (3072,) if cfg.get("layout") == "flat" else (3, 32, 32)
+
+
 def _existing(cfg: dict, name: str) -> Path:
     p = cfg.get("path")
     if not p:

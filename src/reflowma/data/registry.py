@@ -63,6 +63,13 @@ def data_shape(cfg) -> tuple[int, ...]:
     return tuple(int(s) for s in dataset(cfg).shape)
 
 
+def declared_shape(cfg) -> tuple[int, ...]:
+    """The sample shape without reading the data where the factory declares it
+    (``factory.shape_of(cfg)``, e.g. cifar10's ``(3, 32, 32)``); else ``data_shape``."""
+    shape_of = getattr(DATASETS.get(cfg["name"]), "shape_of", None)
+    return tuple(int(s) for s in shape_of(cfg)) if shape_of else data_shape(cfg)
+
+
 def load(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` samples ``[n, *shape]`` of the dataset named in ``cfg['name']``."""
     ds = dataset(cfg)
