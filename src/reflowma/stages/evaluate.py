@@ -6,6 +6,8 @@ stored in the couplings), exact empirical W2 against data (POT), MMD against dat
 the teacher; for students the fold fraction of the sampler map (``None`` above
 ``fold_max_dim``) and straightness). The teacher is evaluated at the same NFEs
 (Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
+Networks run on ``device`` in chunks of ``batch_size`` samples (``Batched``); samples and
+metrics stay on the CPU. Image data get PNG sample grids per NFE next to eval.json.
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ class SampleSaver:
     ``teacher_ceiling``, per NFE ``student_nfe<n>``, ``teacher_euler_nfe<n>`` and
     ``fold_nfe<n>`` (bool, det dy/dz <= 0), plus ``dim``. Above ``SAMPLES_MAX_DIM`` only
     ``dim`` is written (the file always exists: the workflow declares it). Computing the fold
-    mask draws no random numbers, so eval.json is unchanged by it."""
+    mask draws no random numbers, so eval.json is unchanged by it. Image data
+    (``[N, C, H, W]``, C in 1, 3) also get PNG grids of the first 64 z's (``image_paths``)."""
 
     def __init__(self, out_path, z, x_teacher, x_data, cfg):
         self.path, self.cfg, self.z = samples_path(out_path), cfg, z
