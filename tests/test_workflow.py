@@ -110,7 +110,7 @@ def test_grid_edit_reruns_only_affected_points(grid_run):
 
 BAD = [  # (what is edited, where, the field the message must name)
     ("grid", {"axes": {"K": [1], "regularizer.lamda": [0.1]}}, "reflow.regularizer.lamda"),
-    ("grid", {"datasets": ["mnist"]}, "grid.datasets.0"),
+    ("grid", {"datasets": ["cifar100"]}, "grid.datasets.0"),  # not a dataset (mnist is now)
     ("grid", {"seeds": []}, "grid.seeds"),
     ("grid", {"axes": {"K": [0]}}, "reflow.K"),
     ("grid", {"axes": {"regularizer.eps": [0.7]}}, "reflow.regularizer.eps"),

@@ -107,6 +107,15 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     rp.add_argument("--keep-going-figures", action="store_true",
                     help="a figure that fails is logged and replaced by a placeholder naming "
                     "the error [default: the report fails]")
+    dp = sub.add_parser("describe", help="each stage's resolved config and network size "
+                        "(JSON)", description="Print, as JSON, every stage's resolved config "
+                        "and, for teacher and reflow, the data shape and the network's "
+                        "parameter count (built on the meta device: no weights allocated). "
+                        "The data file need not exist where the dataset declares its shape.")
+    dp.add_argument("--params", default="toy",
+                    help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
+    dp.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted overrides; STAGE.key=value sets one stage only")
     th = sub.add_parser("theory", help="closed-form checks of the paper's theorems")
     tsub = th.add_subparsers(dest="theory", required=True)
     from reflowma.theory import counterexample as ce
@@ -153,7 +162,8 @@ def _run_stage(args) -> dict:
     else:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
                                          args.couplings, out)
-        attach = [out, evaluate.samples_path(out)]  # the report reads both from the record
+        # the report reads eval.json and samples.npz from the record; image data: PNG grids
+        attach = [out, evaluate.samples_path(out), *evaluate.image_paths(out, cfg["nfe"])]
     if not args.runs:
         return fn(cfg, None)
     from reflowma.infra.tracking import recorded
@@ -162,6 +172,26 @@ def _run_stage(args) -> dict:
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:]})
+
+
+def describe(params, overrides=()) -> dict:
+    """``{stage: {"config": ..., ["data_shape": ..., "n_params": ...]}}`` of a preset."""
+    import torch
+
+    from reflowma import data, models
+
+    out = {}
+    for stage in config.STAGES:
+        mine = [o for o in overrides
+                if o.split("=", 1)[0].split(".")[0] not in set(config.STAGES) - {stage}]
+        cfg = config.stage_config(stage, params, mine, check_files=False)
+        out[stage] = {"config": cfg}
+        if "net" in cfg:
+            shape = data.declared_shape(cfg["data"])
+            with torch.device("meta"):
+                net = models.build(shape, cfg["net"])
+            out[stage] |= {"data_shape": list(shape), "n_params": models.n_params(net)}
+    return out
 
 
 def _report(args) -> int:
@@ -254,6 +284,11 @@ def main(argv=None) -> int:
     try:
         if args.stage == "report":
             return _report(args)
+        if args.stage == "describe":
+            import json
+
+            print(json.dumps(describe(args.params, args.overrides), indent=2))
+            return 0
         if args.stage == "theory":
             from reflowma.theory import counterexample as ce
 

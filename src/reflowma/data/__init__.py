@@ -15,6 +15,7 @@ from reflowma.data.registry import (  # noqa: F401
     clear_cache,
     data_shape,
     dataset,
+    declared_shape,
     load,
     read_points,
 )

@@ -1,6 +1,7 @@
 """Dataset registry: ``DATASETS`` maps ``data.name`` to a factory ``cfg -> Dataset``.
 
-Built in: the 2D toys, ``digits`` (sklearn, 8x8 scaled to [-1, 1]) and ``file`` (npy/csv/h5).
+Built in: the 2D toys, ``digits`` (sklearn, 8x8 scaled to [-1, 1], flat or 1x8x8), ``file``
+(npy/csv/h5) and the image sets ``mnist``, ``cifar10``, ``images`` (``data/images.py``).
 Code outside the package adds datasets with ``DATASETS.register(name, factory)`` (e.g. from a
 ``$REFLOWMA_PLUGINS`` module). ``dataset(cfg)`` builds (once per config) the dataset object;
 ``load`` and ``data_shape`` are thin functions over it.
@@ -21,6 +22,9 @@ for _name in ("moons", "checkerboard", "spirals"):
     DATASETS.register(_name, lambda cfg, _s=toys.TOYS[_name]: toys.ToyDataset(_s))
 DATASETS.register("digits", digits_dataset)
 DATASETS.register("file", file_dataset)
+DATASETS.register("mnist", "reflowma.data.images:mnist_dataset")
+DATASETS.register("cifar10", "reflowma.data.images:cifar10_dataset")
+DATASETS.register("images", "reflowma.data.images:images_dataset")
 
 _CACHE: dict = {}
 _CACHE_SIZE = 8
@@ -57,6 +61,13 @@ def clear_cache() -> None:
 def data_shape(cfg) -> tuple[int, ...]:
     """The shape of one sample of the dataset, e.g. ``(2,)``."""
     return tuple(int(s) for s in dataset(cfg).shape)
+
+
+def declared_shape(cfg) -> tuple[int, ...]:
+    """The sample shape without reading the data where the factory declares it
+    (``factory.shape_of(cfg)``, e.g. cifar10's ``(3, 32, 32)``); else ``data_shape``."""
+    shape_of = getattr(DATASETS.get(cfg["name"]), "shape_of", None)
+    return tuple(int(s) for s in shape_of(cfg)) if shape_of else data_shape(cfg)
 
 
 def load(cfg: dict, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -177,11 +177,12 @@ def schema_error(err, stage: str) -> ConfigError:
     return ConfigError(field, f"{inst!r}: {err.message}")
 
 
-def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
+def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool = True) -> dict:
     """Schema check plus the checks a schema cannot express; returns cfg.
 
     ``schema_check=False`` runs only the latter (for configs whose every field was already
-    validated, e.g. grid points built from validated per-field overrides).
+    validated, e.g. grid points built from validated per-field overrides). ``check_files=False``
+    skips whether ``data.path`` exists (``reflowma describe`` on a machine without the data).
     """
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
@@ -200,11 +201,11 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
                               f"allowed: {', '.join(OBJECTIVES.names())}")
     data = cfg["data"]
     check_dataset_name(f"{stage}.data.name", data["name"])
-    if data.get("path") and data["name"] in BUILTIN_DATASETS - {"file"}:
+    if data.get("path") and data["name"] in BUILTIN_DATASETS - {"file", "cifar10", "images"}:
         raise ConfigError(f"{stage}.data.path", f"{data['path']!r} is set but data.name is "
                           f"{data['name']!r}, a bundled dataset that never reads it; "
                           "set data.name to file to read the file, or drop data.path")
-    if data["name"] == "file":
+    if data["name"] == "file" and check_files:
         path = data.get("path")
         if not path:
             raise ConfigError(f"{stage}.data.path", "is required when data.name is 'file'")
@@ -212,6 +213,21 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
             raise ConfigError(f"{stage}.data.path", f"file {path!r} does not exist")
         if Path(path).suffix.lower() not in (".npy", ".csv", ".h5", ".hdf5"):
             raise ConfigError(f"{stage}.data.path", f"{path!r}: allowed suffixes .npy, .csv, .h5")
+    if data["name"] in ("cifar10", "images"):
+        path = data.get("path")
+        if not path:
+            raise ConfigError(f"{stage}.data.path", f"is required when data.name is "
+                              f"{data['name']!r}")
+        if check_files and not Path(path).exists():
+            raise ConfigError(f"{stage}.data.path", f"{path!r} does not exist")
+    if data.get("hflip") and data["name"] in BUILTIN_DATASETS - IMAGE_DATASETS:
+        if not (data["name"] == "digits" and data.get("layout") == "image"):
+            raise ConfigError(f"{stage}.data.hflip", f"applies to image datasets "
+                              f"({', '.join(sorted(IMAGE_DATASETS))}, digits with layout "
+                              f"image), not {data['name']!r}")
+    if cfg.get("train", {}).get("amp") == "bf16" and cfg["device"] == "cpu":
+        raise ConfigError(f"{stage}.train.amp", "'bf16' autocast needs a CUDA device, "
+                          "device is 'cpu'; allowed here: none")
     if stage == "reflow":
         reg, K = cfg["regularizer"], cfg["K"]
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
@@ -222,7 +238,9 @@ def validate(stage: str, cfg: dict, schema_check: bool = True) -> dict:
 
 # The bundled datasets (tests/test_data_registry.py checks this against the registry): their
 # names are checked without importing the data layer (and torch) at the workflow's parse time.
-BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file"})
+BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file",
+                              "mnist", "cifar10", "images"})
+IMAGE_DATASETS = frozenset({"mnist", "cifar10", "images"})
 
 
 def check_dataset_name(field: str, name: str) -> None:
@@ -299,7 +317,7 @@ def _defaults(key) -> dict:
 
 
 def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=(),
-                 schema_check: bool = True) -> dict:
+                 schema_check: bool = True, check_files: bool = True) -> dict:
     """Validated config of one stage (see the module docstring for the layering)."""
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
@@ -320,7 +338,7 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
     overrides = [_strip_stage(stage, o) for o in overrides]
     cfg = apply_overrides(cfg, overrides, where=stage)
     try:
-        return validate(stage, cfg, schema_check)
+        return validate(stage, cfg, schema_check, check_files)
     except ConfigError as e:
         if _set_by_override(e.field, overrides):
             raise

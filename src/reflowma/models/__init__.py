@@ -12,6 +12,7 @@ from reflowma.registry import Registry
 
 MODELS = Registry("net.name")
 MODELS.register("mlp", "reflowma.models.mlp:build")
+MODELS.register("unet", "reflowma.models.unet:build")
 
 
 def build(data_shape, cfg: dict):

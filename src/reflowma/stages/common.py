@@ -25,7 +25,7 @@ def load_model(path, kind: str, device: torch.device | str = "cpu"):
 def data_key(data_cfg: dict) -> str:
     """Canonical string of a data config (recorded in files, compared on load)."""
     keep = {k: v for k, v in data_cfg.items() if v is not None}
-    if keep.get("name") != "file":  # path/key only describe user files
+    if keep.get("name") not in ("file", "images"):  # path/key only describe user files
         keep = {k: v for k, v in keep.items() if k not in ("path", "key")}
     return json.dumps(keep, sort_keys=True)
 

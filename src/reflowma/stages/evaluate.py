@@ -6,10 +6,13 @@ stored in the couplings), exact empirical W2 against data (POT), MMD against dat
 the teacher; for students the fold fraction of the sampler map (``None`` above
 ``fold_max_dim``) and straightness). The teacher is evaluated at the same NFEs
 (Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
+Networks run on ``device`` in chunks of ``batch_size`` samples (``Batched``); samples and
+metrics stay on the CPU. Image data get PNG sample grids per NFE next to eval.json.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import partial
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 
 from reflowma import data
 from reflowma.core import losses, solvers
-from reflowma.core.seeding import generator
+from reflowma.core.seeding import device, generator
 from reflowma.evaluation import metrics, spec
 from reflowma.infra.storage.atomic import atomic_path, write_json
 from reflowma.infra.storage.couplings import Couplings
@@ -38,6 +41,10 @@ def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=
 def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict:
     student, smeta, ssha = load_model(student_path, "student")
     teacher, tmeta, tsha = load_model(teacher_path, "teacher")
+    # the sampler and metrics call the networks through these: on cfg.device, in batches of
+    # evaluate.batch_size (null, on CPU: the model itself, as before); the audit gets the models
+    dev, bs = device(cfg["device"]), cfg.get("batch_size")
+    student_b, teacher_b = Batched(student, dev, bs), Batched(teacher, dev, bs)
     check_same_data("evaluate", cfg["data"], tmeta["data"], teacher_path)
     if smeta["teacher_sha256"] != tsha:
         raise InputError(f"student {str(student_path)!r} was distilled from another teacher "
@@ -52,22 +59,23 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     test = torch.from_numpy(C.states("test", n=n))
     z, x_teacher = test[:, 0], test[:, -1]
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
-    log.info("evaluate: K=%d student, %d samples, NFE %s", K, n, cfg["nfe"])
+    log.info("evaluate: K=%d student, %d samples, NFE %s, device %s", K, n, cfg["nfe"], dev)
 
     saved = SampleSaver(out_path, z, x_teacher, x_data, cfg)
     res = {"K": K, "n_samples": n, "student_sha256": ssha, "teacher_sha256": tsha,
            "nfe": {}, "teacher_euler": {}}
     for nfe in cfg["nfe"]:
         grid = solvers.sample_grid(nfe, K)
-        samp = partial(_map, student, grid)
+        samp = partial(_map, student_b, grid)
         y = samp(z)
-        res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student, grid)
-        yt = solvers.euler_sample(teacher, z, solvers.sample_grid(nfe, 1))
+        res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student_b,
+                                              grid)
+        yt = solvers.euler_sample(teacher_b, z, solvers.sample_grid(nfe, 1))
         res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg)
         saved.add(nfe, y, yt, samp)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
-    ceiling = solvers.solve(teacher, z, [0.0, 1.0], cfg["teacher_steps"],
+    ceiling = solvers.solve(teacher_b, z, [0.0, 1.0], cfg["teacher_steps"],
                             cfg["teacher_solver"])[-1]
     res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
                               **sample_metrics(ceiling, z, x_teacher, x_data, cfg)}
@@ -77,14 +85,61 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     test_ends = load_ends(C, "test", K)
     if cfg["audit"]["enabled"]:
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
-    res["heldout_tm_loss"] = losses.heldout_tm_loss(student, test_ends, K,
+    res["heldout_tm_loss"] = losses.heldout_tm_loss(student_b, test_ends, K,
                                                     generator(cfg["seed"], "heldout"))
     write_json(out_path, res)
     log.info("evaluate: wrote %s", out_path)
     return res
 
 
+class Batched(torch.nn.Module):
+    """``model(x, t)`` evaluated on ``dev`` in chunks of ``batch_size`` rows; inputs and
+    outputs stay where the caller keeps them (CPU). Differentiable (the fold fraction takes
+    Jacobians through it). ``batch_size=None`` on the model's own device calls it directly."""
+
+    def __init__(self, model, dev: torch.device, batch_size: int | None):
+        super().__init__()
+        self.model = model if dev.type == "cpu" else copy.deepcopy(model).to(dev)
+        self.dev, self.batch_size = dev, batch_size
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.batch_size is None and self.dev == x.device:
+            return self.model(x, t)
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        bs = self.batch_size or x.shape[0]
+        return torch.cat([self.model(x[i: i + bs].to(self.dev), t[i: i + bs].to(self.dev))
+                          .to(x.device) for i in range(0, x.shape[0], bs)])
+
+
 SAMPLES_MAX_DIM = 16
+GRID_SIDE = 8  # image grids show GRID_SIDE x GRID_SIDE samples of the first z's
+
+
+def image_paths(out_path, nfes) -> list[Path]:
+    """The PNG grids an evaluation of image data writes next to its ``eval.json``."""
+    d = Path(out_path).parent
+    names = ["grid_data", "grid_teacher", *(f"grid_{w}_nfe{n}" for n in nfes
+                                             for w in ("student", "teacher_euler"))]
+    return [d / f"{n}.png" for n in names]
+
+
+def image_grid(x: torch.Tensor, side: int = GRID_SIDE) -> np.ndarray:
+    """uint8 ``[side * H, side * W, C]`` tiling of the first ``side**2`` images ``[n, C, H,
+    W]`` (values in [-1, 1], clipped; row-major: image i at row i // side, column i % side)."""
+    x = x[: side * side].detach().float().clamp(-1, 1)
+    n, C, H, W = x.shape
+    if n < side * side:
+        x = torch.cat([x, -torch.ones(side * side - n, C, H, W)])
+    u8 = ((x + 1) * 127.5).round().to(torch.uint8).numpy()
+    return u8.reshape(side, side, C, H, W).transpose(0, 3, 1, 4, 2).reshape(side * H, side * W, C)
+
+
+def write_png(path: Path, x: torch.Tensor) -> None:
+    from PIL import Image
+
+    g = image_grid(x)
+    with atomic_path(path) as tmp:
+        Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(tmp, format="PNG")
 
 
 def samples_path(out_path) -> Path:
@@ -98,13 +153,20 @@ class SampleSaver:
     ``teacher_ceiling``, per NFE ``student_nfe<n>``, ``teacher_euler_nfe<n>`` and
     ``fold_nfe<n>`` (bool, det dy/dz <= 0), plus ``dim``. Above ``SAMPLES_MAX_DIM`` only
     ``dim`` is written (the file always exists: the workflow declares it). Computing the fold
-    mask draws no random numbers, so eval.json is unchanged by it."""
+    mask draws no random numbers, so eval.json is unchanged by it. Image data
+    (``[N, C, H, W]``, C in 1, 3) also get PNG grids of the first 64 z's (``image_paths``)."""
 
     def __init__(self, out_path, z, x_teacher, x_data, cfg):
         self.path, self.cfg, self.z = samples_path(out_path), cfg, z
         self.dim = int(z[0].numel())
         self.keep = self.dim <= SAMPLES_MAX_DIM
         self.arrays = {"dim": np.array(self.dim)}
+        # image data ([C, H, W], C in 1, 3): PNG grids of the first z's instead (image_paths)
+        self.images = z.dim() == 4 and z.shape[1] in (1, 3)
+        self.pngs = dict(zip(["data", "teacher"], image_paths(out_path, []), strict=True))
+        self.pngs_dir = Path(out_path).parent
+        if self.images:
+            write_png(self.pngs["data"], x_data)
         if self.keep:
             self._put("z", z)
             self._put("data", x_data)
@@ -115,6 +177,9 @@ class SampleSaver:
         self.arrays[name] = x.numpy() if x.dtype == torch.bool else x.float().numpy()
 
     def add(self, nfe, y, yt, sampler):
+        if self.images:
+            write_png(self.pngs_dir / f"grid_student_nfe{nfe}.png", y)
+            write_png(self.pngs_dir / f"grid_teacher_euler_nfe{nfe}.png", yt)
         if self.keep:
             self._put(f"student_nfe{nfe}", y)
             self._put(f"teacher_euler_nfe{nfe}", yt)
@@ -123,6 +188,8 @@ class SampleSaver:
                 self.arrays[f"fold_nfe{nfe}"] = mask.numpy()
 
     def write(self, ceiling):
+        if self.images:
+            write_png(self.pngs["teacher"], ceiling)
         if self.keep:
             self._put("teacher_ceiling", ceiling)
         with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
@@ -140,6 +207,12 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     the teacher's score error vs t. Both come from the dataset object that samples the data."""
     from reflowma.evaluation import audit
     a = cfg["audit"]
+    d = int(z[0].numel())
+    if d > a.get("skip_above_dim", d):
+        reason = (f"skipped: d = {d} > evaluate.audit.skip_above_dim = {a['skip_above_dim']} "
+                  "(CNF log-densities and kNN entropies are not meaningful/affordable here)")
+        log.info("evaluate: audit %s", reason)
+        return {"skipped": reason}
     g = generator(cfg["seed"], "audit")
     ds = data.dataset(cfg["data"])
     mix = getattr(ds, "mixture", None)

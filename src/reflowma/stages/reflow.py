@@ -48,11 +48,12 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
                          f"{str(teacher_path)!r} ({sha[:12]}...)")
     reg = cfg["regularizer"]
     d = int(torch.tensor(meta["data_shape"]).prod())
-    if (reg["weight"] > 0 and reg["discrepancy"] == "reverse_kl" and reg["logdet"] == "exact"
-            and d > reg["exact_max_dim"]):
-        raise InputError(f"reflow.regularizer.logdet: 'exact' needs d <= "
+    if (reg["weight"] > 0 and reg["discrepancy"] == "reverse_kl"
+            and reg["logdet"] in ("exact", "trace") and d > reg["exact_max_dim"]):
+        # both take d vector-Jacobian products per batch (the full Jacobian)
+        raise InputError(f"reflow.regularizer.logdet: {reg['logdet']!r} needs d <= "
                          f"regularizer.exact_max_dim = {reg['exact_max_dim']}, data has d = {d}; "
-                         "allowed here: trace, hutchinson")
+                         "allowed here: hutchinson")
     if cfg["init"] == "teacher" and cfg["net"] != meta["net"]:
         raise InputError(f"reflow.net: {cfg['net']} differs from the net {meta['net']} of "
                          f"teacher {str(teacher_path)!r}; init: teacher needs the same network "

@@ -1,6 +1,7 @@
 """One training loop for teacher and students.
 
-Adam, linear warm-up then cosine or constant LR, EMA of the weights, global grad-norm clipping,
+Adam, linear warm-up then cosine or constant LR, EMA of the weights, optional bf16 autocast
+(``train.amp``, CUDA only), global grad-norm clipping,
 a guard that stops on a non-finite loss, a progress bar, periodic resume checkpoints (atomic),
 and preemption handling: SIGTERM/SIGINT make the loop save its state at the next step boundary
 and raise ``Interrupted``. A rerun with the same fingerprint resumes from that state and ends
@@ -10,6 +11,7 @@ are all restored.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage import atomic, checkpoint
+from reflowma.registry import InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,18 @@ def lr_factor(step: int, cfg: dict) -> float:
         return 1.0
     span = max(1, cfg["steps"] - warm)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+
+
+def autocast(mode: str, model: torch.nn.Module):
+    """The context of ``train.amp``: bf16 autocast on CUDA, nothing for ``none``; ``bf16`` on
+    a CPU model (e.g. ``device: auto`` without a GPU) is refused, not silently ignored."""
+    if mode == "none":
+        return contextlib.nullcontext()
+    dev = next(model.parameters()).device
+    if dev.type != "cuda":
+        raise InputError(f"train.amp: {mode!r} autocast needs a CUDA device, the model is on "
+                         f"{dev.type!r}; allowed here: none")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
@@ -70,6 +85,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "generator": generator.get_state(), "history": history})
 
+    amp = autocast(cfg.get("amp", "none"), model)
     decay = cfg["ema_decay"]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
@@ -82,7 +98,8 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 raise Interrupted(sig.received, step)
             for g in opt.param_groups:
                 g["lr"] = cfg["lr"] * lr_factor(step, cfg)
-            loss, extras = loss_fn(model, step, generator)
+            with amp:
+                loss, extras = loss_fn(model, step, generator)
             if not torch.isfinite(loss):
                 bar.close()
                 raise NonFiniteLoss(f"{desc}: non-finite loss {loss.item()} at step {step} "
