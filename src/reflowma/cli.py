@@ -146,14 +146,19 @@ def _run_stage(args) -> dict:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
                                          args.couplings, out)
         attach = [out, evaluate.samples_path(out)]  # the report reads both from the record
-    if not args.runs:
+    from reflowma.core.seeding import device
+    from reflowma.infra import distributed
+
+    distributed.init(device(cfg["device"]))  # under torchrun: join; rank 0 alone records
+    if not args.runs or not distributed.is_main():
         return fn(cfg, None)
     from reflowma.infra.tracking import recorded
 
     inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
-                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:]})
+                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
+                             "world_size": distributed.world_size()})
 
 
 def _report(args) -> int:
@@ -250,7 +255,12 @@ def main(argv=None) -> int:
             for name, s in res["students"].items():
                 print(f"{name:12s} TM={s['tm_loss']:.6g}  W2={s['w2']}")
             return 0
-        _run_stage(args)
+        try:
+            _run_stage(args)
+        finally:
+            from reflowma.infra import distributed
+
+            distributed.finish()
     except (config.InputError, CheckpointError, CouplingsError, FileNotFoundError) as e:
         # validated input only (ConfigError and registry.UnknownName are InputErrors); any
         # other exception is a bug and keeps its traceback
