@@ -27,6 +27,12 @@ preempted=
 if [ "$rc" -eq 143 ] || [ "$rc" -eq 130 ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
     preempted=1
 fi
+# A plain `scancel` (the user cancelling) also sends SIGTERM: the job is then CANCELLED already
+# and must stay cancelled.
+if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
+    scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=CANCELLED'; then
+    preempted=
+fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
     echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID" >&2
     if scontrol requeue "$SLURM_JOB_ID"; then
