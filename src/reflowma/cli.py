@@ -164,14 +164,19 @@ def _run_stage(args) -> dict:
                                          args.couplings, out)
         # the report reads eval.json and samples.npz from the record; image data: PNG grids
         attach = [out, evaluate.samples_path(out), *evaluate.image_paths(out, cfg["nfe"])]
-    if not args.runs:
+    from reflowma.core.seeding import device
+    from reflowma.infra import distributed
+
+    distributed.init(device(cfg["device"]))  # under torchrun: join; rank 0 alone records
+    if not args.runs or not distributed.is_main():
         return fn(cfg, None)
     from reflowma.infra.tracking import recorded
 
     inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
-                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:]})
+                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
+                             "world_size": distributed.world_size()})
 
 
 def describe(params, overrides=()) -> dict:
@@ -299,7 +304,12 @@ def main(argv=None) -> int:
             print(f"wrote {Path(args.out) / 'counterexample.json'} and "
                   f"counterexample.{{png,pdf}} in {args.out}")
             return 0
-        _run_stage(args)
+        try:
+            _run_stage(args)
+        finally:
+            from reflowma.infra import distributed
+
+            distributed.finish()
     except (config.InputError, CheckpointError, CouplingsError, FileNotFoundError) as e:
         # validated input only (ConfigError and registry.UnknownName are InputErrors); any
         # other exception is a bug and keeps its traceback

@@ -76,9 +76,30 @@ def res(rule_name, key, default=None):
     return rgrid.rule_resources(PRESET, rule_name).get(key, default)
 
 
+def nproc(rule_name):
+    """Processes (torchrun ranks) per job of a rule: the preset's `nproc`, default 1."""
+    return int(res(rule_name, "nproc", 1))
+
+
+def job_threads(rule_name):
+    """Cores of one job: `threads` per rank times its ranks (--cpus-per-task on Slurm)."""
+    return res(rule_name, "threads", 1) * nproc(rule_name)
+
+
 def slurm_resources(rule_name):
     r = rgrid.rule_resources(PRESET, rule_name)
-    return {k: v for k, v in r.items() if k != "threads"}
+    return {k: v for k, v in r.items() if k not in ("threads", "nproc")}
+
+
+# Every stage job runs through this script: NPROC ranks under torchrun when > 1, and a
+# preempted job (state saved, exit 143/130) is requeued inside Slurm (docs/slurm.md).
+# The trap keeps Snakemake's own shell alive when Slurm signals every process of the job, so
+# the script can requeue the job before the job step ends.
+def job_cmd(stage, nproc="{params.nproc}"):
+    return (
+        "trap true TERM INT; OMP_NUM_THREADS={params.omp}"
+        f' "$REFLOWMA_ROOT/workflow/scripts/job.sh" {nproc} {stage}'
+    )
 
 
 def seed_evaluations(dataset, seed):

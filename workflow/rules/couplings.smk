@@ -9,14 +9,16 @@ rule couplings:
         f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
     params:
         runs=RUNS,
+        nproc=nproc("couplings"),
+        omp=res("couplings", "threads", 1),
     conda:
         "../../environment.yml"
-    threads: res("couplings", "threads", 1)
+    threads: job_threads("couplings")
     resources:
         **slurm_resources("couplings"),
     shell:
-        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma couplings"
-        " --params {input.params} --teacher {input.teacher}"
+        job_cmd("couplings")
+        + " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
         " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"
         " > {log} 2>&1"

@@ -13,14 +13,16 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
         runs=RUNS,
+        nproc=1,
+        omp=res("evaluate", "threads", 1),
     conda:
         "../../environment.yml"
-    threads: res("evaluate", "threads", 1)
+    threads: job_threads("evaluate")
     resources:
         **slurm_resources("evaluate"),
     shell:
-        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma evaluate"
-        " --params {input.params} --student {input.student}"
+        job_cmd("evaluate", nproc=1)
+        + " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} --out {output.eval}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

@@ -12,15 +12,17 @@ rule reflow:
         f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
     params:
         runs=RUNS,
+        nproc=nproc("reflow"),
+        omp=res("reflow", "threads", 1),
         out=lambda wc, output: str(Path(output.model).parent),
     conda:
         "../../environment.yml"
-    threads: res("reflow", "threads", 1)
+    threads: job_threads("reflow")
     resources:
         **slurm_resources("reflow"),
     shell:
-        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma reflow"
-        " --params {input.params} --couplings {input.couplings}"
+        job_cmd("reflow")
+        + " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out}"
         " --runs {params.runs}"
         " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

@@ -9,13 +9,15 @@ rule teacher:
         f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
     params:
         runs=RUNS,
+        nproc=nproc("teacher"),
+        omp=res("teacher", "threads", 1),
         out=lambda wc, output: str(Path(output.model).parent),
     conda:
         "../../environment.yml"
-    threads: res("teacher", "threads", 1)
+    threads: job_threads("teacher")
     resources:
         **slurm_resources("teacher"),
     shell:
-        "OMP_NUM_THREADS={threads} \"$REFLOWMA_PY\" -m reflowma teacher"
-        " --params {input.params} --out {params.out}"
+        job_cmd("teacher")
+        + " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"

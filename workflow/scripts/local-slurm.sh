@@ -144,6 +144,9 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it starts again (default 120): the
+# preemption tests requeue jobs, so keep it short here.
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 # No cgroups needed: memory is scheduled, not enforced.

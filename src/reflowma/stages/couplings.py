@@ -1,4 +1,9 @@
-"""Couplings stage: the teacher ODE maps z -> x; stores states at the window ends t_k = k/K."""
+"""Couplings stage: the teacher ODE maps z -> x; stores states at the window ends t_k = k/K.
+
+Each chunk has its own generator, so under torchrun the ranks solve chunks round-robin (rank r
+the r-th chunk of each round of ``world_size``) and rank 0 alone writes them in order into one
+file: the same bytes as a single process.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from tqdm.auto import tqdm
 
 from reflowma.core import interpolant, solvers
 from reflowma.core.seeding import device, generator
+from reflowma.infra import distributed as ddp
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage.couplings import SPLITS, Couplings, CouplingsWriter
 from reflowma.stages.common import check_same_data, load_model
@@ -26,6 +32,10 @@ def expected_attrs(cfg: dict, teacher_sha: str, data_key: str) -> dict:
 def run(cfg: dict, teacher_path, out_path) -> dict:
     """Generate (or resume) ``out_path`` (HDF5); returns counts and provenance."""
     dev = device(cfg["device"])
+    ddp.init(dev)
+    dev, ws = ddp.local_device(dev), ddp.world_size()
+    if ws > 1:
+        return _run_sharded(cfg, teacher_path, out_path, dev)
     teacher, meta, sha = load_model(teacher_path, "teacher", dev)
     check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
     shape = tuple(meta["data_shape"])
@@ -58,3 +68,53 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     log.info("couplings: wrote %s", path)
     return {"n_train": cfg["n_train"], "n_test": cfg["n_test"], "times": attrs["times"],
             "teacher_sha256": sha}
+
+
+def _solve_chunk(cfg, teacher, attrs, shape, counts, split, c, dev):
+    n = min(cfg["chunk_size"], counts[split] - c * cfg["chunk_size"])
+    g = generator(cfg["seed"], "couplings", split, c)
+    z = torch.randn((n, *shape), generator=g).to(dev)
+    states = solvers.solve(teacher, z, attrs["times"], cfg["steps"], cfg["solver"])
+    return states.transpose(0, 1).cpu().numpy()
+
+
+def _run_sharded(cfg: dict, teacher_path, out_path, dev) -> dict:
+    """``run`` for several ranks: chunks round-robin, rank 0 writes (resumable as before)."""
+    teacher, meta, sha = load_model(teacher_path, "teacher", dev)
+    check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
+    shape = tuple(meta["data_shape"])
+    attrs = expected_attrs(cfg, sha, meta["data"])
+    counts = {"train": cfg["n_train"], "test": cfg["n_test"]}
+    rank, ws = ddp.rank(), ddp.world_size()
+    writer = None
+    if ddp.is_main():
+        writer = CouplingsWriter(out_path, attrs, counts, shape, cfg["chunk_size"])
+    plan = ddp.broadcast_object(
+        {s: (writer.chunks_done(s), writer.n_chunks(s)) for s in SPLITS} if writer else None)
+    log.info("couplings: %d ranks, chunks to do %s", ws, plan)
+    try:
+        with PreemptionSignals() as sig:
+            for split in SPLITS:
+                done, total = plan[split]
+                for first in range(done, total, ws):
+                    stop = int(ddp.all_reduce([sig.received or 0], "max")[0])
+                    if stop:
+                        raise Interrupted(stop, first)
+                    c = first + rank
+                    mine = (_solve_chunk(cfg, teacher, attrs, shape, counts, split, c, dev)
+                            if c < total else None)
+                    got = ddp.gather_objects(mine)
+                    if writer is not None:
+                        for i, states in enumerate(got):
+                            if states is not None:
+                                writer.write_chunk(split, first + i, states)
+        path = writer.finish() if writer is not None else None
+    finally:
+        if writer is not None:
+            writer.close()
+    ddp.barrier()  # the others return once the file is complete
+    if writer is not None:
+        Couplings(path, attrs)
+        log.info("couplings: wrote %s", path)
+    return {"n_train": cfg["n_train"], "n_test": cfg["n_test"], "times": attrs["times"],
+            "teacher_sha256": sha, "world_size": ws}

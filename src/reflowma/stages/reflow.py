@@ -17,6 +17,7 @@ import torch
 from reflowma import models, objectives
 from reflowma.core import interpolant, losses
 from reflowma.core.seeding import derive, device, fingerprint, generator
+from reflowma.infra import distributed as ddp
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
 from reflowma.infra.storage.couplings import Couplings
@@ -66,6 +67,8 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
     out = Path(out_dir)
     dev = device(cfg["device"])
+    ddp.init(dev)
+    dev, ws = ddp.local_device(dev), ddp.world_size()
     teacher, meta, sha, C, ends = check_inputs(cfg, couplings_path, teacher_path, dev)
     out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     K, shape = cfg["K"], tuple(meta["data_shape"])
@@ -74,10 +77,17 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     if cfg["init"] == "teacher":
         student.load_state_dict(teacher.state_dict())
     student.requires_grad_(True).train()
-    g = generator(cfg["seed"], "reflow-train", K)
+    g = generator(cfg["seed"], "reflow-train", K, *(("rank", ddp.rank()) if ws > 1 else ()))
     tr, reg = cfg["train"], cfg["regularizer"]
     N = ends.shape[0]
-    loss_fn = objectives.build(cfg, objectives.Context(ends, K, dev, teacher, tr["steps"]))
+    local = cfg  # the objectives see this rank's share of each batch
+    if ws > 1:
+        local = {**cfg, "train": {**tr, "batch_size": ddp.shard_batch(
+                     tr["batch_size"], "reflow.train.batch_size")},
+                 "regularizer": {**reg, "batch_size": ddp.shard_batch(
+                     reg["batch_size"], "reflow.regularizer.batch_size")
+                     if reg["weight"] > 0 else reg["batch_size"]}}
+    loss_fn = objectives.build(local, objectives.Context(ends, K, dev, teacher, tr["steps"]))
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
              K, N, cfg["window_start_weight"], reg["weight"],
              reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
@@ -85,6 +95,9 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     t0 = time.perf_counter()
     ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log)
     seconds = time.perf_counter() - t0
+    scale = {"world_size": ws, "batch_per_rank": local["train"]["batch_size"]}
+    if not ddp.is_main():
+        return scale
     test_ends = load_ends(C, "test", K)
     heldout = losses.heldout_tm_loss(ema.cpu(), test_ends, K, generator(cfg["seed"], "heldout"))
     smeta = {"net": cfg["net"], "data_shape": list(shape), "data": meta["data"], "K": K,
@@ -94,7 +107,7 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     metrics = {"heldout_tm_loss": heldout, "final_loss": history[-1]["loss"],
                "steps": tr["steps"], "seconds": seconds,
                "seconds_per_step": seconds / tr["steps"],
-               "sha256": ssha}
+               "sha256": ssha, **scale}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
     log.info("reflow: held-out TM loss %.4f, wrote %s", heldout, out / "student.pt")
     return metrics

@@ -11,6 +11,7 @@ import torch
 from reflowma import data, models
 from reflowma.core import interpolant, losses, time_samplers
 from reflowma.core.seeding import derive, device, fingerprint, generator
+from reflowma.infra import distributed as ddp
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
 from reflowma.stages.common import data_key
@@ -20,17 +21,23 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: dict, out_dir, on_log=None) -> dict:
-    """Train a teacher; writes ``teacher.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
+    """Train a teacher; writes ``teacher.pt`` (EMA weights) and ``metrics.json`` in out_dir.
+
+    Under torchrun each rank draws ``batch_size / world_size`` examples per step from its own
+    generator; rank 0 alone evaluates and writes.
+    """
     dev = device(cfg["device"])
+    ddp.init(dev)
+    dev, ws = ddp.local_device(dev), ddp.world_size()
     shape = data.data_shape(cfg["data"])  # reads a data file first: bad data writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(derive(cfg["seed"], "teacher-init"))
     model = models.build(shape, cfg["net"]).to(dev)
-    g = generator(cfg["seed"], "teacher-train")
+    g = generator(cfg["seed"], "teacher-train", *(("rank", ddp.rank()) if ws > 1 else ()))
     ts = cfg["time_sampler"]
     sample_t = time_samplers.get(ts["name"])
-    bs = cfg["train"]["batch_size"]
+    bs = ddp.shard_batch(cfg["train"]["batch_size"], "teacher.train.batch_size")
 
     def loss_fn(m, step, gen):
         x = data.load(cfg["data"], bs, gen)
@@ -45,6 +52,9 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     fp = fingerprint(cfg, list(shape))
     ema, history = fit(model, loss_fn, cfg["train"], g, out / "state.pt", fp, "teacher", on_log)
     seconds = time.perf_counter() - t0
+    scale = {"world_size": ws, "batch_per_rank": bs}
+    if not ddp.is_main():
+        return scale
 
     ge = generator(cfg["seed"], "teacher-eval")
     x = data.load(cfg["data"], 4096, ge)
@@ -58,7 +68,7 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     (out / "state.pt").unlink(missing_ok=True)
     metrics = {"final_loss": history[-1]["loss"] if history else None,
                "eval_fm_loss": eval_loss, "steps": cfg["train"]["steps"],
-               "seconds": seconds, "sha256": sha}
+               "seconds": seconds, "sha256": sha, **scale}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
     log.info("teacher: eval FM loss %.4f, wrote %s", eval_loss, out / "teacher.pt")
     return metrics

@@ -7,6 +7,11 @@ and preemption handling: SIGTERM/SIGINT make the loop save its state at the next
 and raise ``Interrupted``. A rerun with the same fingerprint resumes from that state and ends
 bit-identical (on CPU) to an uninterrupted run: model, optimizer, EMA, generator and history
 are all restored.
+
+Under torchrun (``infra.distributed``) each rank draws its own share of the batch from its own
+generator; gradients are averaged across ranks before clipping, logged losses are rank means,
+ranks agree on a preemption at the same step, and rank 0 alone writes the state (holding every
+rank's generator). With one process nothing of this runs: the numbers are those of before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from reflowma.infra import distributed as ddp
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage import atomic, checkpoint
 from reflowma.registry import InputError
@@ -62,24 +68,38 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     is logged every ``log_every`` steps with the loss and learning rate.
     """
     state_path = Path(state_path)
+    ws, rank = ddp.world_size(), ddp.rank()
+    if ws > 1:  # a state of another world size holds other generators
+        fingerprint = f"{fingerprint}-ws{ws}"
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     ema = copy.deepcopy(model).requires_grad_(False)
     history: list[dict] = []
     start = 0
-    atomic.sweep_stale(state_path)  # temporary files of a writer that was killed outright
+    if ddp.is_main():
+        atomic.sweep_stale(state_path)  # temporary files of a writer that was killed outright
+    ddp.barrier()
     if state_path.exists():
         st = checkpoint.load(state_path)
         if st.get("fingerprint") == fingerprint:
             model.load_state_dict(st["model"])
             ema.load_state_dict(st["ema"])
             opt.load_state_dict(st["optimizer"])
-            generator.set_state(st["generator"])
+            generator.set_state(st["generators"][rank] if ws > 1 else st["generator"])
             history, start = list(st["history"]), int(st["step"])
             log.info("resuming %s from step %d (%s)", desc, start, state_path)
         else:
             log.warning("ignoring %s: made with another config", state_path)
+    ddp.broadcast_params(model)
 
     def save_state(step):
+        if ws > 1:  # a collective: every rank sends its generator, rank 0 writes
+            gens = ddp.gather_objects(generator.get_state())
+            if ddp.is_main():
+                checkpoint.save(state_path, {
+                    "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                    "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                    "generators": gens, "world_size": ws, "history": history})
+            return
         checkpoint.save(state_path, {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
             "ema": ema.state_dict(), "optimizer": opt.state_dict(),
@@ -89,23 +109,34 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     decay = cfg["ema_decay"]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
-               mininterval=1.0, dynamic_ncols=True)
+               mininterval=1.0, dynamic_ncols=True, disable=not ddp.is_main())
     with PreemptionSignals() as sig:
         for step in bar:
-            if sig.received is not None:
+            received = sig.received
+            if ws > 1:  # every rank stops at the same step when any of them was signalled
+                received = int(ddp.all_reduce([received or 0], "max")[0]) or None
+            if received is not None:
                 save_state(step)
                 bar.close()
-                raise Interrupted(sig.received, step)
+                raise Interrupted(received, step)
             for g in opt.param_groups:
                 g["lr"] = cfg["lr"] * lr_factor(step, cfg)
             with amp:
                 loss, extras = loss_fn(model, step, generator)
-            if not torch.isfinite(loss):
+            if ws > 1:  # rank means: every rank sees the same loss, finite or not
+                names = list(extras)
+                vals = ddp.all_reduce([loss.item(), *(float(extras[k]) for k in names)], "mean")
+                extras = dict(zip(names, vals[1:], strict=True))
+                logged = torch.tensor(vals[0])
+            else:
+                logged = loss
+            if not torch.isfinite(logged):
                 bar.close()
-                raise NonFiniteLoss(f"{desc}: non-finite loss {loss.item()} at step {step} "
+                raise NonFiniteLoss(f"{desc}: non-finite loss {logged.item()} at step {step} "
                                     f"(lr={opt.param_groups[0]['lr']:.3g}); nothing was promoted")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ddp.average_gradients(model.parameters())
             if cfg["grad_clip"] is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
@@ -113,7 +144,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
             if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
-                row = {"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                row = {"step": step + 1, "loss": logged.item(), "lr": opt.param_groups[0]["lr"],
                        **{k: float(v) for k, v in extras.items()}}
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One reflowma stage as a workflow job:  job.sh NPROC STAGE ARGS...
+#
+# NPROC > 1 runs the stage under torchrun (NPROC ranks on this node); 1 runs one process.
+# Preemption: a stage that SIGTERM/SIGINT interrupted saves its state and exits 143/130. Inside
+# a Slurm job (and unless REFLOWMA_REQUEUE=0) this script then requeues the job
+# (`scontrol requeue`): Slurm reruns the same job id, which resumes from the saved state, and
+# Snakemake keeps waiting for it. Any other exit status is passed on unchanged, so real
+# failures still fail the job (and the workflow: the profile keeps `retries: 0`).
+set -u
+nproc=$1
+shift
+signalled=
+# Slurm signals every process of the job step; the trap (run once the stage has exited) only
+# notes it, so this script lives on to requeue.
+trap 'signalled=1' TERM INT
+if [ "$nproc" -gt 1 ]; then
+    "$REFLOWMA_PY" -m torch.distributed.run --standalone --nproc_per_node "$nproc" \
+        -m reflowma "$@"
+else
+    "$REFLOWMA_PY" -m reflowma "$@"
+fi
+rc=$?
+# 143/130: the stage saved its state. torchrun itself exits 1 when it was signalled, after its
+# ranks exited 143: a non-zero status after a signal reached this script counts as well.
+preempted=
+if [ "$rc" -eq 143 ] || [ "$rc" -eq 130 ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
+    preempted=1
+fi
+# A plain `scancel` (the user cancelling) also sends SIGTERM: the job is then CANCELLED already
+# and must stay cancelled.
+if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
+    scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=CANCELLED'; then
+    preempted=
+fi
+if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
+    echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID" >&2
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        sleep 600 # requeue ends this run of the job; do not report a failure meanwhile
+    fi
+fi
+exit "$rc"
