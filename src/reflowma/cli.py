@@ -171,12 +171,14 @@ def _run_stage(args) -> dict:
     if not args.runs or not distributed.is_main():
         return fn(cfg, None)
     from reflowma.infra.tracking import recorded
+    from reflowma.stages.common import data_sha256
 
     inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
-                             "world_size": distributed.world_size()})
+                             "world_size": distributed.world_size(),
+                             "data_sha256": data_sha256(cfg["data"])})
 
 
 def describe(params, overrides=()) -> dict:

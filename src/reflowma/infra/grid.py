@@ -70,9 +70,87 @@ def grid_path(name_or_path: str) -> Path:
 def load_grid(name_or_path: str) -> dict:
     g = config.load_yaml(grid_path(name_or_path), "grid")
     check_schema("grid", g, "grid")
+    user = user_datasets()
     for i, name in enumerate(g["datasets"]):
-        config.check_dataset_name(f"grid.datasets.{i}", name)
+        if name in user:
+            dataset_section(name)  # the file exists and loads: checked now, not in a job
+        else:
+            config.check_dataset_name(f"grid.datasets.{i}", name)
     return g
+
+
+DATASETS_FILE = "datasets.yaml"
+
+
+def user_datasets() -> dict:
+    """``params/datasets.yaml``: {NAME: data section} ({} when the file is absent)."""
+    path = config.params_dir() / DATASETS_FILE
+    if not path.is_file():
+        return {}
+    d = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(d, dict):
+        raise config.ConfigError("datasets", f"{str(path)!r} must be a mapping NAME: "
+                                 "{name: file, path: ...}")
+    return d
+
+
+def _resolve_path(path: str) -> str:
+    """A relative path of params/datasets.yaml is relative to the project (the folder holding
+    params/); written relative to the working directory when below it, else absolute."""
+    p = Path(path)
+    if not p.is_absolute():
+        p = config.params_dir().parent / p
+    p = p.resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def dataset_section(name: str) -> dict:
+    """The ``data`` section of a grid dataset: ``{"name": name}`` for a registered one; for an
+    entry of params/datasets.yaml its fields, the path resolved and ``sha256`` (the content
+    hash of the file, so a changed file changes every resolved config of that dataset).
+    A missing or unreadable file is a ConfigError naming the entry and the file."""
+    user = user_datasets()
+    if name not in user:
+        return {"name": name}
+    where = f"datasets.{name}"
+    entry = user[name]
+    if not isinstance(entry, dict) or not entry.get("name"):
+        raise config.ConfigError(where, f"{entry!r} is not a data section; expected "
+                                 "{name: file, path: data/points.npy} (the fields of a stage's "
+                                 "data section)")
+    if entry["name"] in user:
+        raise config.ConfigError(f"{where}.name", f"{entry['name']!r} names another entry; "
+                                 "allowed: a registered dataset (file, images, cifar10, ...)")
+    sec = {k: v for k, v in entry.items() if k != "sha256"}
+    if sec.get("path"):
+        sec["path"] = _resolve_path(str(sec["path"]))
+    try:
+        cfg = config.stage_config("teacher", None, [(["data"], sec)], check_files=False)
+    except config.ConfigError as e:
+        raise config.ConfigError(f"{where}.{e.field.split('.data.', 1)[-1]}",
+                                 str(e).split(": ", 1)[1]) from None
+    path = sec.get("path")
+    if path:
+        if not Path(path).exists():
+            raise config.ConfigError(f"{where}.path", f"file {entry['path']!r} does not exist "
+                                     f"(looked for {path!r}); add it (dvc add / dvc pull) or fix "
+                                     f"params/{DATASETS_FILE}")
+        from reflowma.infra.storage.atomic import content_sha256
+
+        sec["sha256"] = content_sha256(path)
+    try:
+        from reflowma import data
+
+        data.data_shape(cfg["data"])  # reads the file: a malformed one fails at parse time
+    except config.ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader error names the entry and the file
+        raise config.ConfigError(where, f"cannot read {entry.get('path')!r}: "
+                                 f"{type(e).__name__}: {e}") from None
+    return sec
 
 
 def expand(grid: dict) -> list[Point]:
@@ -109,8 +187,8 @@ def load_preset(name_or_path: str) -> dict:
     return {"stages": p, "resources": res}
 
 
-def _shared(dataset: str, seed: int) -> list:
-    return [(["data", "name"], dataset), (["seed"], seed)]
+def _shared(section: dict, seed: int) -> list:
+    return [(["data", k], v) for k, v in section.items()] + [(["seed"], seed)]
 
 
 def _check_datasets(p: dict, grid: dict) -> None:
@@ -137,8 +215,9 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     _check_datasets(p, grid)
     out = {}
     checked = set()
+    sections = {d: dataset_section(d) for d in grid["datasets"]}  # hashes each file once
     for pt in points:  # grid points first: their errors name the grid field
-        shared = _shared(pt.dataset, pt.seed)
+        shared = _shared(sections[pt.dataset], pt.seed)
         ov = shared + [(k.split("."), v) for k, v in pt.fields]
         try:
             # The schema has no cross-field rules: a point is schema-valid iff each of its
@@ -157,7 +236,7 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     Ks = {c["K"] for c in out.values()}
     for dataset in grid["datasets"]:
         for seed in grid["seeds"]:
-            base = _shared(dataset, seed)
+            base = _shared(sections[dataset], seed)
             out[("teacher", (dataset, seed))] = config.stage_config("teacher", p, base)
             cp = config.stage_config("couplings", p, base)
             cp = config.stage_config("couplings", p, base + [(["windows"], sorted(

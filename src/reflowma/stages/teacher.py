@@ -14,7 +14,7 @@ from reflowma.core.seeding import derive, device, fingerprint, generator
 from reflowma.infra import distributed as ddp
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
-from reflowma.stages.common import data_key
+from reflowma.stages.common import check_data_hash, data_key
 from reflowma.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     dev = device(cfg["device"])
     ddp.init(dev)
     dev, ws = ddp.local_device(dev), ddp.world_size()
+    data_sha = check_data_hash("teacher", cfg["data"])
     shape = data.data_shape(cfg["data"])  # reads a data file first: bad data writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,12 +64,12 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     with torch.no_grad():
         eval_loss = float(losses.tm_loss(ema.cpu(), interpolant.interpolate(z, x, t), t, x - z))
     meta = {"net": cfg["net"], "data_shape": list(shape), "data": data_key(cfg["data"]),
-            "seed": cfg["seed"], "fingerprint": fp}
+            "seed": cfg["seed"], "fingerprint": fp, "data_sha256": data_sha}
     sha = save_model(out / "teacher.pt", "teacher", ema.state_dict(), meta)
     (out / "state.pt").unlink(missing_ok=True)
     metrics = {"final_loss": history[-1]["loss"] if history else None,
                "eval_fm_loss": eval_loss, "steps": cfg["train"]["steps"],
-               "seconds": seconds, "sha256": sha, **scale}
+               "seconds": seconds, "sha256": sha, "data_sha256": data_sha, **scale}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
     log.info("teacher: eval FM loss %.4f, wrote %s", eval_loss, out / "teacher.pt")
     return metrics

@@ -120,6 +120,17 @@ def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
         Path(tmp).write_text(text + "\n")
 
 
+def content_sha256(path: str | Path) -> str:
+    """sha256 of a file; of a folder: of its sorted relative file names and their sha256s."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

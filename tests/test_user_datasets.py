@@ -1,0 +1,102 @@
+"""User datasets in grids (params/datasets.yaml): parse-time checks, the content hash in the
+resolved configs and run records, and exact reruns after the data file changes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from reflowma.infra import config, grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path, entries: dict) -> Path:
+    """A project folder with the repository's params/ and the given params/datasets.yaml."""
+    shutil.copytree(REPO / "params", root / "params")
+    (root / "params/datasets.yaml").write_text(yaml.safe_dump(entries))
+    return root
+
+
+def points(path: Path, seed: int = 0, n: int = 300) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.random.default_rng(seed).normal(size=(n, 2)).astype(np.float32))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "proj", {"pts": {"name": "file", "path": "data/pts.npy"}})
+    points(root / "data/pts.npy")
+    monkeypatch.setenv("REFLOWMA_ROOT", str(root))
+    monkeypatch.chdir(root)
+    g = {"datasets": ["pts", "8gaussians"], "seeds": [0], "axes": {"K": [1, 2]}}
+    (root / "g.yaml").write_text(yaml.safe_dump(g))
+    return root
+
+
+def configs(root: Path) -> dict:
+    pre = grid.load_preset("smoke")
+    g = grid.load_grid(str(root / "g.yaml"))
+    return grid.stage_configs(pre, g, grid.expand(g))
+
+
+def test_user_dataset_configs_carry_the_hash(project):
+    from reflowma.infra.storage.atomic import sha256
+
+    cfgs = configs(project)
+    h = sha256(project / "data/pts.npy")
+    for (stage, key), cfg in cfgs.items():
+        if key[0] == "pts":
+            assert cfg["data"] == {"name": "file", "path": "data/pts.npy", "key": "data",
+                                   "sha256": h}, (stage, key)
+        else:
+            assert cfg["data"]["name"] == "8gaussians" and not cfg["data"].get("sha256")
+    points(project / "data/pts.npy", seed=1)  # new content: only pts configs change
+    after = configs(project)
+    changed = {k for k in cfgs if cfgs[k] != after[k]}
+    assert changed == {k for k in cfgs if k[1][0] == "pts"} and len(changed) == 5
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "not_a_section", "bad_field"])
+def test_bad_user_dataset_fails_at_parse_time(project, case):
+    entry = {"name": "file", "path": "data/pts.npy"}
+    if case == "missing":
+        entry["path"] = "data/nothere.npy"
+    elif case == "malformed":
+        (project / "data/bad.npy").write_text("not an array")
+        entry["path"] = "data/bad.npy"
+    elif case == "not_a_section":
+        entry = "data/pts.npy"
+    else:
+        entry["layout"] = "round"
+    (project / "params/datasets.yaml").write_text(yaml.safe_dump({"pts": entry}))
+    with pytest.raises(config.ConfigError) as e:
+        grid.load_grid(str(project / "g.yaml"))
+    msg = str(e.value)
+    assert msg.startswith("datasets.pts") and "\n" not in msg, msg
+    if case in ("missing", "malformed"):
+        assert entry["path"] in msg, msg
+
+
+def test_teacher_refuses_changed_file_and_records_hash(project, tmp_path):
+    from reflowma.stages import teacher
+    from reflowma.stages.common import data_key
+
+    cfg = configs(project)[("teacher", ("pts", 0))]
+    cfg["train"]["steps"] = 2
+    points(project / "data/pts.npy", seed=2)  # changed after planning
+    with pytest.raises(Exception, match="sha256"):
+        teacher.run(cfg, tmp_path / "t")
+    cfg = configs(project)[("teacher", ("pts", 0))]
+    cfg["train"]["steps"] = 2
+    res = teacher.run(cfg, tmp_path / "t")
+    assert res["data_sha256"] == cfg["data"]["sha256"]
+    meta = __import__("torch").load(tmp_path / "t/teacher.pt", weights_only=False)["meta"]
+    assert cfg["data"]["sha256"] in meta["data"] == data_key(cfg["data"])
+    assert json.loads(meta["data"])["sha256"] == meta["data_sha256"]
