@@ -181,5 +181,5 @@ def test_help_lists_every_field_with_its_value(capsys, stage):
         assert "silu|relu|gelu|tanh|elu" in rows["net.activation"]
         assert "data.path" in rows and "time_sampler.a" in rows  # schema-only fields too
     if stage == "reflow":
-        assert rows["regularizer.eps"].endswith("[0.05]")
+        assert rows["regularizer.eps"].endswith("[0.1]")  # the toy preset, not the default
         assert rows["K"].endswith("[1]")

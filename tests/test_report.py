@@ -414,7 +414,8 @@ def test_heatmap_figure(tmp_path):
     assert [p.name for p in paths] == ["heatmap_moons.png", "heatmap_moons.pdf"]
     assert all(p.stat().st_size > 5000 for p in paths)
     assert F.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
-        "nfe_moons", "training_moons", "local_moons", "heatmap_moons", "samples_moons"]
+        "nfe_moons", "training_moons", "local_moons", "tm_marginal_moons", "heatmap_moons",
+        "samples_moons"]
 
 
 def test_dvc_plots_follow_the_spec():

@@ -100,3 +100,48 @@ def test_teacher_refuses_changed_file_and_records_hash(project, tmp_path):
     meta = __import__("torch").load(tmp_path / "t/teacher.pt", weights_only=False)["meta"]
     assert cfg["data"]["sha256"] in meta["data"] == data_key(cfg["data"])
     assert json.loads(meta["data"])["sha256"] == meta["data_sha256"]
+
+
+def test_user_dataset_grid_runs_and_reruns_exactly_its_jobs(tmp_path):
+    """A temp project (Snakefile, workflow/, params/) with a user dataset next to a bundled one:
+    the smoke workflow runs; a changed data file reruns that dataset's jobs only."""
+    import subprocess
+    import sys
+
+    from tests.test_workflow import job_stats
+
+    root = make_project(tmp_path / "proj", {"pts": {"name": "file", "path": "data/pts.npy"}})
+    shutil.copy(REPO / "Snakefile", root)
+    shutil.copytree(REPO / "workflow", root / "workflow", symlinks=False)
+    points(root / "data/pts.npy")
+    g = {"datasets": ["pts", "8gaussians"], "seeds": [0], "axes": {"K": [1]}}
+    (root / "params/grids/user.yaml").write_text(yaml.safe_dump(g))
+    pre = yaml.safe_load((REPO / "params/presets/smoke.yaml").read_text())
+    pre["teacher"]["train"]["steps"] = 20
+    pre["reflow"]["train"]["steps"] = 10
+    (root / "params/presets/tiny.yaml").write_text(yaml.safe_dump(pre))
+    smk = str(Path(sys.executable).parent / "snakemake")
+
+    def run(*args):
+        return subprocess.run(["timeout", "-k", "10", "400", smk, "--directory", str(root),
+                               "--config", "preset=tiny", "grid=user", *args],
+                              capture_output=True, text=True, cwd=root)
+
+    res = run("--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert job_stats(run("-n").stdout) == {}
+    runs = [json.loads(p.read_text()) for p in root.glob("results/tiny/runs/*/info.json")]
+    from reflowma.infra.storage.atomic import sha256
+
+    h = sha256(root / "data/pts.npy")
+    assert {r["job"] for r in runs if r.get("data_sha256") == h} == {
+        "teacher/pts/seed~0", "couplings/pts/seed~0", "reflow/pts/seed~0/K~1",
+        "evaluate/pts/seed~0/K~1"}
+    points(root / "data/pts.npy", seed=5)
+    res = run("-n")
+    stats = job_stats(res.stdout)
+    assert stats == {"resolved_config": 4, "teacher": 1, "couplings": 1, "reflow": 1,
+                     "evaluate": 1, "evaluations_seed": 1, "evaluations": 1, "report": 1,
+                     "all": 1}, res.stdout[-3000:]
+    assert "dataset=8gaussians" not in res.stdout.split("Job stats")[0].replace(
+        "rule report", "")

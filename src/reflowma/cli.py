@@ -11,6 +11,7 @@ non-finite loss exits 3.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -101,6 +102,12 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
     rp.add_argument("--preset", default=None,
                     help="preset name: sets the default --runs and --out")
     rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
+    rp.add_argument("--counterexample", default=None, metavar="JSON",
+                    help="Theorem 1's counterexample.json (reflowma theory counterexample) for "
+                    "claims.md [computed in-process with the default Gaussian]")
+    rp.add_argument("--compare", default=None, metavar="OTHER",
+                    help="another runs folder, or a report folder next to its runs/: write "
+                    "compare/ with side-by-side tables, differences and paired tests")
     rp.add_argument("--record", default=None, metavar="DIR",
                     help="record the report itself as a Sacred run in DIR (a folder apart from "
                     "--runs); a failing figure leaves it FAILED [not recorded]")
@@ -222,11 +229,28 @@ def _report(args) -> int:
             rgrid.load_preset(args.preset)  # validated: a typo fails here, not silently
         expected = expected_from_grid(args.grid)
     from reflowma.report.figures import FigureError
+    from reflowma.theory import counterexample as ce
+
+    if args.counterexample:
+        cex = json.loads(Path(args.counterexample).read_text())
+        cex_source = f"read from {args.counterexample}"
+    else:
+        cex = ce.counterexample(ce.DEFAULT_MU, ce.DEFAULT_SIGMA, ce.DEFAULT_ANGLE_DEG,
+                                ce.DEFAULT_NFES)
+        cex_source = ("computed in-process with reflowma theory counterexample's defaults: "
+                      f"mu {list(ce.DEFAULT_MU)}, angle {ce.DEFAULT_ANGLE_DEG}°")
 
     def make(cfg, on_log=None):
         res = build_report(runs, out, expected, figures=cfg["figures"],
-                           keep_going_figures=cfg["keep_going_figures"])
-        return {k: v if isinstance(v, int) else len(v) for k, v in res.items()} | {"_res": res}
+                           keep_going_figures=cfg["keep_going_figures"],
+                           counterexample=cex, counterexample_source=cex_source)
+        if args.compare:
+            from reflowma.report.compare import compare_reports
+
+            res["compare"] = compare_reports(runs, args.compare, Path(out) / "compare",
+                                             expected)
+        return {k: v if isinstance(v, int) else len(v) for k, v in res.items()
+                if k != "claims"} | {"_res": res, "claims": res["claims"]}
 
     cfg = {"seed": 0, "runs": str(runs), "out": str(out), "grid": args.grid,
            "figures": not args.no_figures, "keep_going_figures": args.keep_going_figures}
@@ -246,6 +270,7 @@ def _report(args) -> int:
     print(f"report: {counts['n_tables']} tables ({counts['tables']} files under tables/), "
           f"{counts['figures']} figure files, {counts['metrics']} metrics in metrics.json, "
           f"{counts['missing']} missing jobs -> {out}")
+    print("claims (claims.md): " + ", ".join(f"{k} {v}" for k, v in counts["claims"].items()))
     return 0
 
 

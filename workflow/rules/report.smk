@@ -34,6 +34,7 @@ rule report:
         tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst",
                       category="Tables"),
         plots=f"{REPORT}/plots/nfe.csv",
+        claims=f"{REPORT}/claims.md",
         figures=REPORT_FIGURES,
     log:
         f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output

@@ -11,7 +11,9 @@
 * ``metrics.json``: ``{"<dataset>/<method>/nfe~<n>/<metric>": mean over seeds}``, flat and
   sorted (every number of the tables); ``summary.json``: a handful of headline numbers (the
   DVC metrics: ``render.headline``); ``plots/nfe.csv`` for ``dvc plots``;
-* ``missing.json``: expected jobs with no completed run and why.
+* ``missing.json``: expected jobs with no completed run and why;
+* ``claims.md`` and ``claims.json``: each claim of the paper, its evidence and a computed
+  verdict (``reflowma.report.claims``).
 
 Modules: ``collect`` (records -> long rows), ``stats`` (mean ± std, t-intervals, paired
 tests), ``tables`` (rows -> Table frames), ``render`` (Markdown, LaTeX, CSV, flat metrics),
@@ -70,9 +72,11 @@ def _missing(runs, expected) -> list[dict]:
 
 
 def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
-                 keep_going_figures: bool = False) -> dict:
+                 keep_going_figures: bool = False, counterexample: dict | None = None,
+                 counterexample_source: str = "") -> dict:
     """Write the report under ``out_dir``; returns {'tables', 'figures', 'metrics', 'missing',
-    'n_tables'} (file paths, the flat metrics, the missing jobs, the number of tables). A
+    'n_tables', 'claims'} (file paths, the flat metrics, the missing jobs, the number of
+    tables, the verdicts). ``counterexample``: Theorem 1's closed-form result for claims.md. A
     figure function that fails raises (after the tables are written) unless
     ``keep_going_figures``."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
@@ -115,6 +119,16 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     write_json(out_dir / "summary.json", R.headline(tables, len(missing)))  # DVC's metrics
     _write_text(out_dir / "plots" / "nfe.csv", R.plot_data(tables))
     write_json(out_dir / "missing.json", missing)
+    from reflowma.report import claims as CL
+
+    methods = {t.dataset: list(t.frame.loc[t.frame["kind"] == "method", "method"])
+               for t in tables if not t.effects}
+    cl = CL.build(runs, methods, counterexample, counterexample_source)
+    write_json(out_dir / "claims.json", _jsonable(cl))
+    _write_text(out_dir / "claims.md", CL.markdown(
+        cl, {ds: f"tm_marginal_{R.file_stem(ds)}" for ds in methods} if figures else {}))
+    verdicts = {"theorem1": cl["theorem1"]["verdict"], "theorem2": cl["theorem2"]["verdict"],
+                **{f"regularizer_{k}": v["verdict"] for k, v in cl["regularizer"].items()}}
     figs = []
     if figures:
         from reflowma.report import figures as F
@@ -123,4 +137,19 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
         figs = F.make_figures(runs, tables, out_dir / "figures", stems,
                               keep_going=keep_going_figures)
     return {"tables": [str(p) for p in written], "figures": [str(p) for p in figs],
-            "metrics": flat, "missing": missing, "n_tables": len(tables)}
+            "metrics": flat, "missing": missing, "n_tables": len(tables), "claims": verdicts}
+
+
+def _jsonable(obj):
+    """NaN -> None, numpy scalars -> Python (strict JSON)."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -8,6 +8,8 @@
   the teacher);
 * ``local_<dataset>``: local per-window KL bars, the telescoping TV sums and the teacher's
   score error vs t (only with audit data);
+* ``tm_marginal_<dataset>``: held-out TM loss against the marginal metrics at NFE = K (paired
+  W2, KL), one point per student and seed: the paper's thesis (equal TM, different marginals);
 * ``samples_<dataset>``: data, teacher and student samples on the evaluation's z (2D data),
   folded points of the sampler map (det <= 0) in another colour, from the ``samples.npz``
   each evaluate run attached to its record (the report never loads a model).
@@ -249,7 +251,7 @@ def expected_figures(jobs) -> list[dict]:
     out = []
     for ds, methods in by_ds.items():
         f = file_stem(ds)
-        kinds = ["nfe", "training", "local"]
+        kinds = ["nfe", "training", "local", "tm_marginal"]
         out += [{"kind": k, "dataset": ds, "stem": f"{k}_{f}"} for k in kinds]
         out += [{"kind": "heatmap", "dataset": ds,
                  "stem": f"heatmap_{f}" + (f"_{s}" if s else "")} for s in heat_groups(methods)]
@@ -537,6 +539,43 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
 # --------------------------------------------------------------------------- all
 
 
+def fig_tm_marginal(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Path]:
+    """Held-out TM loss (x) vs paired W2 and KL (y) at NFE = K, every student and seed."""
+    ld = long[(long["dataset"] == dataset) & long["method"].isin(methods)]
+    rows = []
+    for m in methods:
+        K = int(C.num(parse_point(m).get("K", 1)) or 1)
+        sel = ld[ld["method"] == m]
+        tm = sel[sel["metric"] == "heldout_tm_loss"].set_index("seed")["value"]
+        for metric in ("w2_paired_teacher", "kl", "kl_knn"):
+            ys = sel[(sel["metric"] == metric) & (sel["nfe"] == K)].set_index("seed")["value"]
+            for seed in tm.index.intersection(ys.index):
+                rows.append({"method": m, "seed": seed, "metric": metric,
+                             "tm": tm[seed], "y": ys[seed]})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise NoData(f"no student of {dataset} has both a held-out TM loss and a marginal "
+                     "metric at NFE = K")
+    metrics = [m for m in ("w2_paired_teacher", "kl", "kl_knn") if m in set(df["metric"])]
+    if "kl" in metrics and "kl_knn" in metrics:
+        metrics.remove("kl_knn")
+    labels, cols = short_labels(methods), palette(methods)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        d = df[df["metric"] == metric]
+        for m in methods:
+            dm = d[d["method"] == m]
+            if not dm.empty:
+                ax.scatter(dm["tm"], dm["y"], color=cols[m], label=labels[m], s=28)
+        ax.set_xlabel(axis_label("heldout_tm_loss"))
+        ax.set_ylabel(axis_label(metric) + " at NFE = K")
+    fig.suptitle(f"{dataset}: trajectory-matching loss vs marginals")
+    h, lab = axes[0][0].get_legend_handles_labels()
+    _legend_below(fig, h, lab)
+    fig.tight_layout()
+    return save(fig, out_dir, f"tm_marginal_{file_stem(dataset)}")
+
+
 def placeholder(out_dir: Path, stem: str, why: str) -> list[Path]:
     """A figure that says why it is empty (so an expected output file always exists)."""
     fig, ax = plt.subplots(figsize=(5, 1.6))
@@ -570,7 +609,8 @@ def make_figures(runs: pd.DataFrame, tables, out_dir, expected=(),
             methods = list(t.frame.loc[t.frame["kind"] == "method", "method"])
             kinds = {"nfe": (fig_nfe, (long,)), "heatmap": (fig_heatmaps, (long,)),
                      "training": (fig_training, (tl, runs)), "local": (fig_local, (long,)),
-                     "samples": (fig_samples, (runs,))}
+                     "samples": (fig_samples, (runs,)),
+                     "tm_marginal": (fig_tm_marginal, (long,))}
             for kind, (fn, args) in kinds.items():
                 try:
                     paths += fn(*args, ds, methods, out_dir)
