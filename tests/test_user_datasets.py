@@ -112,6 +112,7 @@ def test_user_dataset_grid_runs_and_reruns_exactly_its_jobs(tmp_path):
 
     root = make_project(tmp_path / "proj", {"pts": {"name": "file", "path": "data/pts.npy"}})
     shutil.copy(REPO / "Snakefile", root)
+    shutil.copy(REPO / "environment.yml", root)  # the rules name it (conda:)
     shutil.copytree(REPO / "workflow", root / "workflow", symlinks=False)
     points(root / "data/pts.npy")
     g = {"datasets": ["pts", "8gaussians"], "seeds": [0], "axes": {"K": [1]}}
