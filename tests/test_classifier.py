@@ -117,3 +117,35 @@ def test_evaluate_with_fd_classifier_needs_the_classifier_file():
     assert cfg["fd_classifier"] is True
     with pytest.raises(config.InputError, match="--classifier"):
         ev.run(cfg, "s.pt", "t.pt", "c.h5", "e.json", None)
+
+
+def test_image_grid_figure_from_recorded_pngs(tmp_path, monkeypatch):
+    """images_<dataset>: one row per student under the teacher's, from PNG paths only."""
+    import pandas as pd
+    from PIL import Image
+
+    from reflowma.report import collect as C
+    from reflowma.report import figures as F
+
+    def png(name, value):
+        p = tmp_path / f"evaluate.grid_{name}.png"
+        Image.fromarray(np.full((64, 64), value, np.uint8)).save(p)
+        return p
+
+    methods = ["K~1/ws~1.0/lam~0.0", "K~1/ws~1.0/lam~0.1"]
+    refs = {"data": png("data", 10), "teacher": png("teacher", 50),
+            **{f"teacher_euler_nfe{n}": png(f"teacher_euler_nfe{n}", 90) for n in (1, 2)}}
+    grids = {"seed": 0, "refs": refs, "missing": [],
+             "runs": {m: {n: png(f"student_nfe{n}_{i}", 200) for n in (1, 2)}
+                      for i, m in enumerate(methods)}}
+    monkeypatch.setattr(C, "image_grids", lambda runs, ds: grids)
+    paths = F.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
+    assert {p.name for p in paths} == {"images_mnist.png", "images_mnist.pdf"}
+    h = np.asarray(Image.open(tmp_path / "figs/images_mnist.png")).shape[0]
+    assert h > 500  # three rows of panels
+    monkeypatch.setattr(C, "image_grids", lambda runs, ds: {
+        "seed": None, "refs": {}, "runs": {}, "missing": ["no completed evaluate run"]})
+    with pytest.raises(F.NoData, match="no completed"):
+        F.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
+    stems = F.expected_stems([f"evaluate/mnist/seed~0/{m}" for m in methods])
+    assert "images_mnist" in stems and "samples_mnist" not in stems
