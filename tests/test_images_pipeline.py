@@ -71,7 +71,8 @@ def test_fd_classifier_and_its_accuracy_end_to_end(smoke):
         res = json.loads((smoke / "eval/mnist/seed~0" / point / "eval.json").read_text())
         assert res["classifier"]["test_accuracy"] == clf["test_accuracy"]
         assert res["classifier"]["sha256"] == clf["sha256"]
-        fds = {k: res[k][n]["fd_classifier"] for k in ("nfe", "teacher_euler") for n in ("1", "2")}
+        fds = {f"{k} {n}": res[k][n]["fd_classifier"] for k in ("nfe", "teacher_euler")
+               for n in ("1", "2")}
         fds["ceiling"] = res["teacher_ceiling"]["fd_classifier"]
         fds["floor"] = res["data_floor"]["fd_classifier"]
         assert all(np.isfinite(v) and v >= 0 for v in fds.values()), fds
