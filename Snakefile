@@ -19,6 +19,7 @@ include: "workflow/rules/configs.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/couplings.smk"
 include: "workflow/rules/reflow.smk"
+include: "workflow/rules/classifier.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -60,13 +60,39 @@ def test_mnist_smoke_workflow(smoke):
     assert (smoke / "report" / "tables" / "all.md").is_file()
 
 
+def test_fd_classifier_and_its_accuracy_end_to_end(smoke):
+    """The classifier job ran once; every evaluation reports fd_classifier per NFE for the
+    student, the teacher (Euler, ceiling) and the data floor, next to the classifier's test
+    accuracy; the report has both columns and the image-grid figure (not a placeholder)."""
+    clf = json.loads((smoke / "classifier/mnist/seed~0/metrics.json").read_text())["metrics"]
+    assert clf["n_test"] == 1000 and clf["test_accuracy"] > 0.5, clf
+    print(f"mnist_smoke classifier: test accuracy {clf['test_accuracy']:.4f}")
+    for point in POINTS:
+        res = json.loads((smoke / "eval/mnist/seed~0" / point / "eval.json").read_text())
+        assert res["classifier"]["test_accuracy"] == clf["test_accuracy"]
+        assert res["classifier"]["sha256"] == clf["sha256"]
+        fds = {f"{k} {n}": res[k][n]["fd_classifier"] for k in ("nfe", "teacher_euler")
+               for n in ("1", "2")}
+        fds["ceiling"] = res["teacher_ceiling"]["fd_classifier"]
+        fds["floor"] = res["data_floor"]["fd_classifier"]
+        assert all(np.isfinite(v) and v >= 0 for v in fds.values()), fds
+        print(point, {k: round(v, 3) for k, v in fds.items()})
+    metrics = json.loads((smoke / "report/metrics.json").read_text())
+    assert any(k.endswith("/fd_classifier") for k in metrics)
+    assert any(k.endswith("/classifier_accuracy") for k in metrics)
+    fig = smoke / "report/figures/images_mnist.png"
+    assert fig.is_file()
+    assert "images_mnist" not in json.loads(
+        (smoke / "report/figures/placeholders.json").read_text())
+
+
 def test_audit_is_skipped_above_its_dimension_with_the_reason(smoke, tmp_path):
     t, c = smoke / "teacher/mnist/seed~0/teacher.pt", smoke / "couplings/mnist/seed~0.h5"
     s = smoke / "students/mnist/seed~0" / POINTS[0] / "student.pt"
     out = tmp_path / "eval.json"
     assert cli.main(["evaluate", "--params", "mnist_smoke", "--student", str(s), "--teacher",
                      str(t), "--couplings", str(c), "--out", str(out), "nfe=[1]",
-                     "audit.enabled=true"]) == 0
+                     "audit.enabled=true", "fd_classifier=false"]) == 0
     a = json.loads(out.read_text())["audit"]
     assert a == {"skipped": a["skipped"]} and "d = 784 > evaluate.audit.skip_above_dim = 64" \
         in a["skipped"]

@@ -28,13 +28,20 @@ STAGE_INPUTS = {
     "reflow": [("--couplings", "couplings HDF5 file"), ("--teacher", "teacher model file")],
     "evaluate": [("--student", "student model file (student.pt)"),
                  ("--teacher", "teacher model file"), ("--couplings", "couplings HDF5 file")],
+    "classifier": [],
 }
+# optional inputs: (flag, help)
+STAGE_OPTIONAL = {"evaluate": [("--classifier", "classifier model file (classifier.pt); "
+                                "required with fd_classifier: true")]}
 STAGE_OUT = {"teacher": "output folder", "couplings": "output HDF5 file",
-             "reflow": "output folder", "evaluate": "output JSON file"}
+             "reflow": "output folder", "evaluate": "output JSON file",
+             "classifier": "output folder"}
 STAGE_HELP = {"teacher": "train the flow-matching teacher",
               "couplings": "generate teacher couplings (z, x) + window-end states (HDF5)",
               "reflow": "train a reflow student (vanilla or piecewise, optional regularizer)",
-              "evaluate": "few-step NFE sweep and marginal metrics of a student"}
+              "evaluate": "few-step NFE sweep and marginal metrics of a student",
+              "classifier": "train the small CNN whose features fd_classifier uses (labelled "
+                            "image data)"}
 
 
 def _fields_epilog(stage: str, params: str) -> str:
@@ -79,6 +86,8 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
                         help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
         for flag, h in STAGE_INPUTS[stage]:
             sp.add_argument(flag, help=f"{h} (required, except with --print-config)")
+        for flag, h in STAGE_OPTIONAL.get(stage, []):
+            sp.add_argument(flag, default=None, help=h)
         sp.add_argument("--out", help=f"{STAGE_OUT[stage]} (required, except with --print-config)")
         sp.add_argument("--runs", default=os.environ.get("REFLOWMA_RUNS"),
                         help="record the job as a Sacred run in this folder "
@@ -146,7 +155,7 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
 
 
 def _run_stage(args) -> dict:
-    from reflowma.stages import couplings, evaluate, reflow, teacher
+    from reflowma.stages import classifier, couplings, evaluate, reflow, teacher
 
     cfg = config.stage_config(args.stage, args.params, args.overrides)
     if args.print_config:
@@ -163,12 +172,14 @@ def _run_stage(args) -> dict:
         fn, attach = (lambda c, log: teacher.run(c, out, log)), [out / "metrics.json"]
     elif args.stage == "couplings":
         fn, attach = (lambda c, log: couplings.run(c, args.teacher, out)), []
+    elif args.stage == "classifier":
+        fn, attach = (lambda c, log: classifier.run(c, out, log)), [out / "metrics.json"]
     elif args.stage == "reflow":
         fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log)  # noqa: E731
         attach = [out / "metrics.json"]
     else:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
-                                         args.couplings, out)
+                                         args.couplings, out, args.classifier)
         # the report reads eval.json and samples.npz from the record; image data: PNG grids
         attach = [out, evaluate.samples_path(out), *evaluate.image_paths(out, cfg["nfe"])]
     from reflowma.core.seeding import device
@@ -180,7 +191,7 @@ def _run_stage(args) -> dict:
     from reflowma.infra.tracking import recorded
     from reflowma.stages.common import data_sha256
 
-    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student")
+    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
@@ -196,11 +207,13 @@ def describe(params, overrides=()) -> dict:
 
     out = {}
     for stage in config.STAGES:
+        if stage == "classifier" and not out["evaluate"]["config"].get("fd_classifier"):
+            continue  # a job only where evaluate uses it
         mine = [o for o in overrides
                 if o.split("=", 1)[0].split(".")[0] not in set(config.STAGES) - {stage}]
         cfg = config.stage_config(stage, params, mine, check_files=False)
         out[stage] = {"config": cfg}
-        if "net" in cfg:
+        if "net" in cfg and stage != "classifier":
             shape = data.declared_shape(cfg["data"])
             with torch.device("meta"):
                 net = models.build(shape, cfg["net"])

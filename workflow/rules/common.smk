@@ -111,3 +111,12 @@ def all_evaluation_flags():
     pairs = dict.fromkeys((p.dataset, p.seed) for p in POINTS)
     return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
 
+
+
+def classifier_input(wc):
+    """Input function: the classifier model of an evaluate job whose config sets
+    fd_classifier: true (none otherwise)."""
+    cfg = CONFIGS.get(("evaluate", (wc.dataset, int(wc.seed))))
+    if cfg is None or not cfg.get("fd_classifier"):
+        return []
+    return f"{RESULTS}/classifier/{wc.dataset}/seed~{wc.seed}/classifier.pt"

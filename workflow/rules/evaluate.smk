@@ -5,6 +5,7 @@ rule evaluate:
         student=rules.reflow.output.model,
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
+        classifier=classifier_input,  # fd_classifier: true only
     output:
         eval=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
         # the sample sets the report's figures show (d <= 16; attached to the run record)
@@ -15,6 +16,8 @@ rule evaluate:
         runs=RUNS,
         nproc=1,
         omp=res("evaluate", "threads", 1),
+        classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier
+        else "",
     conda:
         "../../environment.yml"
     threads: job_threads("evaluate")
@@ -23,7 +26,8 @@ rule evaluate:
     shell:
         job_cmd("evaluate", nproc=1)
         + " --params {input.params} --student {input.student}"
-        " --teacher {input.teacher} --couplings {input.couplings} --out {output.eval}"
+        " --teacher {input.teacher} --couplings {input.couplings} {params.classifier}"
+        " --out {output.eval}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
         " > {log} 2>&1"

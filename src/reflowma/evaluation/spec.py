@@ -31,8 +31,10 @@ REFERENCES = (TEACHER_EULER, TEACHER_CEILING, DATA_FLOOR, TEACHER)
 @dataclass(frozen=True)
 class Samples:
     """One sample set on the fixed noise ``z``: ``y`` (the sampler's endpoints), ``teacher``
-    (the teacher endpoints paired with ``y`` by z), ``data`` (independent data samples) and,
-    for a student, its sampler map ``sampler(z)``, velocity ``v`` and time grid ``grid``."""
+    (the teacher endpoints paired with ``y`` by z), ``data`` (independent data samples),
+    for a student, its sampler map ``sampler(z)``, velocity ``v`` and time grid ``grid``, and
+    ``fd`` (a ``frechet.FrechetReference``: a classifier's features and the statistics of
+    the reference set) where ``fd_classifier`` is on."""
 
     y: object
     z: object
@@ -41,6 +43,7 @@ class Samples:
     sampler: Callable | None = None
     v: Callable | None = None
     grid: object = None
+    fd: object = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ class Metric:
     show it (``main``, ``local``, ``teacher``); ``figure``: a panel of the NFE figure;
     ``heatmap``, ``plot`` (DVC's nfe plot). ``needs_sampler``: computed for students only.
     ``record``: the run record whose result ``paths`` are read in: ``evaluate`` (eval.json) or
-    ``reflow`` (the student's training record of the same grid job, e.g. its cost)."""
+    ``reflow`` (the student's training record of the same grid job, e.g. its cost).
+    ``needs``: attributes of ``Samples`` that must not be None for ``compute`` to run (the
+    metric is left out otherwise, e.g. ``fd`` when no classifier is configured)."""
 
     key: str
     label: str
@@ -69,6 +74,7 @@ class Metric:
     tex: str | None = None
     note: str | None = None
     record: str = "evaluate"
+    needs: tuple = ()
 
     def __post_init__(self):
         if self.per not in ("nfe", "run", "window", "t"):
@@ -137,6 +143,18 @@ for _m in (
            figure=True, note="KL kNN, teacher (ceiling) row: the kNN estimator on the teacher's "
            "own endpoints (from the couplings), its bias floor."),
     Metric("tv", "TV(student, teacher)", paths={STUDENT: f"{MARG}.tv"}, valid=f"{MARG}.valid"),
+    Metric("fd_classifier", "FD (classifier features)", "squared features",
+           paths={**_sample("fd_classifier"), DATA_FLOOR: "data_floor.fd_classifier"},
+           compute=lambda s, c: s.fd.distance(s.y), needs=("fd",), figure=True,
+           note="FD (classifier features): Fréchet distance |mu1 − mu2|² + tr(S1 + S2 − "
+           "2 (S1 S2)^½) between Gaussians fitted to a LeNet-like classifier's penultimate "
+           "features of the samples and of the dataset's test split (the classifier stage; "
+           "its test accuracy is the classifier accuracy column); data (floor): the "
+           "evaluation's data draw of the same n."),
+    Metric("classifier_accuracy", "classifier accuracy (test)", "fraction", per="run",
+           better="higher", paths={STUDENT: "classifier.test_accuracy"},
+           note="classifier accuracy: test-split accuracy of the classifier whose features "
+           "fd_classifier uses, from the evaluation's eval.json."),
     Metric("local_kl_sum", "Σ_k local KL_k", "nats", per="run",
            paths={STUDENT: f"{TELE}.sum_kl"}, valid=f"{TELE}.available",
            tables=("main", "local"), tex=r"$\sum_k$ local KL$_k$"),
@@ -184,7 +202,8 @@ def sample_metrics(s: Samples, cfg: dict) -> dict:
     """Every registered metric with a ``compute``, in registration order (those needing the
     sampler only when ``s.sampler`` is given)."""
     return {m.key: m.compute(s, cfg) for _, m in METRICS.items()
-            if m.compute is not None and (s.sampler is not None or not m.needs_sampler)}
+            if m.compute is not None and (s.sampler is not None or not m.needs_sampler)
+            and all(getattr(s, a) is not None for a in m.needs)}
 
 
 # --------------------------------------------------------------------------- reading

@@ -20,7 +20,7 @@ import yaml
 
 from reflowma.registry import InputError
 
-STAGES = ("teacher", "couplings", "reflow", "evaluate")
+STAGES = ("teacher", "couplings", "reflow", "evaluate", "classifier")
 SHARED = ("seed", "device", "data")
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "params.schema.yaml"
 
@@ -191,7 +191,7 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
         from jsonschema.exceptions import best_match
 
         raise schema_error(best_match(errors), stage)
-    if "net" in cfg:
+    if "net" in cfg and stage != "classifier":  # the classifier's net: the schema alone
         _check_net(stage, cfg["net"])
     for i, entry in enumerate(cfg.get("objectives") or []):
         from reflowma.objectives import OBJECTIVES
@@ -228,12 +228,59 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
     if cfg.get("train", {}).get("amp") == "bf16" and cfg["device"] == "cpu":
         raise ConfigError(f"{stage}.train.amp", "'bf16' autocast needs a CUDA device, "
                           "device is 'cpu'; allowed here: none")
+    if stage == "classifier" or (stage == "evaluate" and cfg.get("fd_classifier")):
+        _check_labelled_images(stage, data)
+    if stage == "evaluate":
+        _check_inception(cfg, check_files)
     if stage == "reflow":
         reg, K = cfg["regularizer"], cfg["K"]
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
             raise ConfigError("reflow.regularizer.windows",
                               f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
     return cfg
+
+
+# Datasets whose labels the classifier stage (fd_classifier) trains on (plug-ins: checked when
+# the classifier runs).
+UNLABELLED_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "file",
+                                 "images"})
+INCEPTION_METRICS = ("fid", "kid", "precision_recall")
+INCEPTION_ENV = "REFLOWMA_INCEPTION_WEIGHTS"
+
+
+def _check_labelled_images(stage: str, data: dict) -> None:
+    """The classifier (and so fd_classifier) needs labelled images."""
+    what = "the classifier stage" if stage == "classifier" else "evaluate.fd_classifier: true"
+    if data["name"] in UNLABELLED_DATASETS:
+        raise ConfigError(f"{stage}.data.name", f"{data['name']!r} has no class labels; "
+                          f"{what} needs labelled images: mnist, cifar10, digits with layout "
+                          "image (or set evaluate.fd_classifier: false)")
+    if data.get("layout") == "flat" or (data["name"] == "digits"
+                                         and data.get("layout") != "image"):
+        raise ConfigError(f"{stage}.data.layout", f"{data.get('layout')!r}: {what} needs "
+                          "images [C, H, W]; allowed: image")
+
+
+def inception_weights(cfg: dict) -> str | None:
+    """The Inception weights file of the torch-fidelity metrics: ``inception_weights``, else
+    ``$REFLOWMA_INCEPTION_WEIGHTS``, else None."""
+    return cfg.get("inception_weights") or os.environ.get(INCEPTION_ENV) or None
+
+
+def _check_inception(cfg: dict, check_files: bool) -> None:
+    """fid/kid/precision_recall need a local Inception weights file: refused before any work
+    without one (nothing is ever downloaded)."""
+    wanted = [m for m in INCEPTION_METRICS if cfg.get(m)]
+    if not wanted:
+        return
+    path = inception_weights(cfg)
+    if path is None:
+        raise ConfigError("evaluate.inception_weights", f"is required when evaluate."
+                          f"{wanted[0]} is true: a local torch-fidelity Inception weights "
+                          f"file (or set ${INCEPTION_ENV}); it is never downloaded (the "
+                          "metrics need the optional extra torch-fidelity, see README)")
+    if check_files and not Path(path).is_file():
+        raise ConfigError("evaluate.inception_weights", f"file {path!r} does not exist")
 
 
 # The bundled datasets (tests/test_data_registry.py checks this against the registry): their

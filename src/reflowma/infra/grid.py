@@ -248,6 +248,8 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
                                          f"couplings.n_test = {cp['n_test']}, the test couplings "
                                          f"it evaluates on; allowed: <= {cp['n_test']}")
             out[("evaluate", (dataset, seed))] = ev
+            if ev.get("fd_classifier"):  # the classifier job exists only where it is used
+                out[("classifier", (dataset, seed))] = config.stage_config("classifier", p, base)
     return out
 
 

@@ -4,7 +4,8 @@
   completed evaluate runs, one row per (dataset, method, seed, nfe, metric);
 * ``plan``: every expected (dataset, method, seed) and its status;
 * ``training_long``: the training curves of the reflow and teacher runs;
-* ``samples``: the sample sets an evaluate run saved as its ``samples.npz`` artifact.
+* ``samples``: the sample sets an evaluate run saved as its ``samples.npz`` artifact;
+* ``image_grids``: the PNG sample grids an evaluate run of image data attached.
 
 A *method* is a grid point without the seed (``K~2/lam~0.1/ws~1.0``); reference rows carry
 the names of ``spec.REFERENCES`` instead.
@@ -190,4 +191,34 @@ def samples(runs: pd.DataFrame, dataset: str) -> dict:
             continue
         with np.load(path) as f:
             out["runs"][r.point] = {k: f[k] for k in f.files}
+    return out
+
+
+GRID_PREFIX = "evaluate.grid_"  # evaluate's PNG grids, as attached: evaluate.grid_<what>.png
+
+
+def image_grids(runs: pd.DataFrame, dataset: str) -> dict:
+    """The PNG sample grids of the dataset's lowest seed, as attached to the evaluate runs:
+    ``{"seed", "refs": {"data", "teacher", "teacher_euler_nfe<n>": path}, "runs": {method:
+    {nfe: path}}, "missing": [why, ...]}`` (the reference grids from the lowest run id: they
+    do not depend on the student). Paths only: the figure reads the images."""
+    ev = evaluations(runs)
+    ev = ev[ev["dataset"] == dataset]
+    out = {"seed": None, "refs": {}, "runs": {}, "missing": []}
+    if ev.empty:
+        out["missing"].append(f"no completed evaluate run of {dataset}")
+        return out
+    seed = int(ev["seed"].min())
+    out["seed"] = seed
+    for r in ev[ev["seed"] == seed].sort_values("run_id").itertuples():
+        found = {p.name[len(GRID_PREFIX):-len(".png")]: p
+                 for p in Path(r.run_dir).glob(f"{GRID_PREFIX}*.png")}
+        if not found:
+            out["missing"].append(f"run {r.run_id} ({r.job}) has no {GRID_PREFIX}*.png")
+            continue
+        for name, path in found.items():
+            if name.startswith("student_nfe"):
+                out["runs"].setdefault(r.point, {})[int(name[len("student_nfe"):])] = path
+            else:
+                out["refs"].setdefault(name, path)
     return out

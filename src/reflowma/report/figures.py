@@ -12,7 +12,10 @@
   W2, KL), one point per student and seed: the paper's thesis (equal TM, different marginals);
 * ``samples_<dataset>``: data, teacher and student samples on the evaluation's z (2D data),
   folded points of the sampler map (det <= 0) in another colour, from the ``samples.npz``
-  each evaluate run attached to its record (the report never loads a model).
+  each evaluate run attached to its record (the report never loads a model);
+* ``images_<dataset>``: image data: the PNG sample grids of every student per NFE side by side
+  with the teacher's (Euler at the same NFE; many-step ceiling) and the data, read from the
+  grids each evaluate run attached to its record.
 
 Metrics, labels and units come from ``reflowma.evaluation.spec``. A figure function raises
 ``NoData(reason)`` where its data are absent: ``make_figures`` then writes a placeholder that
@@ -239,6 +242,7 @@ def expected_figures(jobs) -> list[dict]:
     are missing): ``[{kind, dataset, stem}]`` with ``stem`` the file name without extension.
     The workflow's report rule declares its outputs from this."""
     from reflowma.data.toys import TOYS
+    from reflowma.infra.config import IMAGE_DATASETS
     from reflowma.infra.runs import parse_job
 
     by_ds = {}
@@ -257,6 +261,8 @@ def expected_figures(jobs) -> list[dict]:
                  "stem": f"heatmap_{f}" + (f"_{s}" if s else "")} for s in heat_groups(methods)]
         if ds in TOYS:
             out.append({"kind": "samples", "dataset": ds, "stem": f"samples_{f}"})
+        if ds in IMAGE_DATASETS:
+            out.append({"kind": "images", "dataset": ds, "stem": f"images_{f}"})
     return out
 
 
@@ -536,6 +542,52 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
     return save(fig, out_dir, f"samples_{file_stem(dataset)}")
 
 
+# --------------------------------------------------------------------------- image grids
+
+
+def fig_images(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Path]:
+    """Image data: one row per student (its PNG grid per NFE) under the teacher's row (Euler
+    at the same NFEs), with the teacher's many-step ceiling and the data in the first column;
+    all grids from the same first 64 noise draws z (lowest seed), read from the PNG artifacts
+    of the evaluate runs."""
+    got = C.image_grids(runs, dataset)
+    if not got["runs"]:
+        raise NoData("; ".join(got["missing"]) or f"no image grids of {dataset} (image data "
+                     "only: evaluate writes them for [N, C, H, W] samples)")
+    refs, labels = got["refs"], short_labels(methods)
+    nfes = sorted({n for grids in got["runs"].values() for n in grids})
+    # (row title, {nfe: png}, first-column panel (title, png) or None)
+    rows = [("teacher (Euler)", {n: refs.get(f"teacher_euler_nfe{n}") for n in nfes},
+             ("teacher (ceiling)", refs.get("teacher")))]
+    shown = [m for m in methods if m in got["runs"]] + sorted(set(got["runs"]) - set(methods))
+    for i, m in enumerate(shown):
+        rows.append((labels.get(m, m), got["runs"][m],
+                     ("data", refs.get("data")) if i == 0 else None))
+    ncol, nrow = 1 + len(nfes), len(rows)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.1 * ncol, 2.3 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+
+    def show(ax, path, title):
+        if path is None:
+            ax.text(0.5, 0.5, "not saved", ha="center", va="center", fontsize=7)
+        else:
+            img = plt.imread(str(path))
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+
+    for i, (name, grids, first) in enumerate(rows):
+        if first is not None:
+            show(axes[i, 0], first[1], first[0])
+        for j, n in enumerate(nfes):
+            show(axes[i, j + 1], grids.get(n), f"{name}\nNFE {n}")
+    fig.suptitle(f"{dataset}: samples from the same noise draws z (evaluation of "
+                 f"seed~{got['seed']}); rows: teacher, then each student", y=1.0, fontsize=9)
+    fig.tight_layout()
+    return save(fig, out_dir, f"images_{file_stem(dataset)}")
+
+
 # --------------------------------------------------------------------------- all
 
 
@@ -609,7 +661,7 @@ def make_figures(runs: pd.DataFrame, tables, out_dir, expected=(),
             methods = list(t.frame.loc[t.frame["kind"] == "method", "method"])
             kinds = {"nfe": (fig_nfe, (long,)), "heatmap": (fig_heatmaps, (long,)),
                      "training": (fig_training, (tl, runs)), "local": (fig_local, (long,)),
-                     "samples": (fig_samples, (runs,)),
+                     "samples": (fig_samples, (runs,)), "images": (fig_images, (runs,)),
                      "tm_marginal": (fig_tm_marginal, (long,))}
             for kind, (fn, args) in kinds.items():
                 try:

@@ -8,6 +8,13 @@ the teacher; for students the fold fraction of the sampler map (``None`` above
 (Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
 Networks run on ``device`` in chunks of ``batch_size`` samples (``Batched``); samples and
 metrics stay on the CPU. Image data get PNG sample grids per NFE next to eval.json.
+
+With ``fd_classifier: true`` (labelled image data; ``classifier_path`` from the classifier
+stage) every sample set also gets its Fréchet distance to the dataset's test split in the
+classifier's features (``data_floor`` too: the evaluation's own data draw against the test
+split), and eval.json's ``classifier`` section records that classifier's test accuracy and
+sha256 next to those numbers. ``fid``/``kid``/``precision_recall`` (torch-fidelity) are
+validated (they need a local Inception weights file) but not implemented yet.
 """
 
 from __future__ import annotations
@@ -33,12 +40,36 @@ from reflowma.stages.reflow import load_ends
 log = logging.getLogger(__name__)
 
 
-def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None) -> dict:
+def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None,
+                   fd=None) -> dict:
     """The sample metrics of ``reflowma.evaluation.spec`` (registration order) of ``y``."""
-    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid), cfg)
+    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid, fd),
+                               cfg)
 
 
-def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict:
+def check_inception(cfg: dict) -> None:
+    """fid/kid/precision_recall: refused before any work (validation already required the
+    weights file)."""
+    wanted = [m for m in ("fid", "kid", "precision_recall") if cfg.get(m)]
+    if wanted:
+        # TODO(inception): load torch-fidelity's FeatureExtractorInceptionV3 from
+        # config.inception_weights(cfg) (never a download), compute its features on the
+        # [-1, 1] -> uint8 samples per NFE and the statistics of the reference split, and
+        # register fid/kid/precision_recall in evaluation.spec like fd_classifier. Test it with
+        # a randomly initialised weights file of the same format (torch.save of the module's
+        # state_dict) so the loading path runs without the real weights.
+        raise NotImplementedError(
+            f"evaluate.{wanted[0]}: the torch-fidelity Inception metrics are not implemented in "
+            "this version (validation and configuration only); set it to false")
+
+
+def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
+        classifier_path=None) -> dict:
+    check_inception(cfg)
+    if cfg.get("fd_classifier") and not classifier_path:
+        raise InputError("evaluate.fd_classifier: true needs the classifier stage's model "
+                         "file: pass --classifier classifier.pt (the workflow does), or set "
+                         "fd_classifier: false")
     student, smeta, ssha = load_model(student_path, "student")
     teacher, tmeta, tsha = load_model(teacher_path, "teacher")
     # the sampler and metrics call the networks through these: on cfg.device, in batches of
@@ -59,29 +90,38 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path) -> dict
     test = torch.from_numpy(C.states("test", n=n))
     z, x_teacher = test[:, 0], test[:, -1]
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
+    fd = None
+    if cfg.get("fd_classifier"):
+        from reflowma.stages.classifier import frechet_reference
+
+        fd = frechet_reference(cfg["data"], classifier_path, dev)
     log.info("evaluate: K=%d student, %d samples, NFE %s, device %s", K, n, cfg["nfe"], dev)
 
     saved = SampleSaver(out_path, z, x_teacher, x_data, cfg)
     res = {"K": K, "n_samples": n, "student_sha256": ssha, "teacher_sha256": tsha,
            "nfe": {}, "teacher_euler": {}}
+    if fd is not None:  # the accuracy of the classifier behind every fd_classifier number
+        res["classifier"] = fd.info
     for nfe in cfg["nfe"]:
         grid = solvers.sample_grid(nfe, K)
         samp = partial(_map, student_b, grid)
         y = samp(z)
         res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student_b,
-                                              grid)
+                                              grid, fd)
         yt = solvers.euler_sample(teacher_b, z, solvers.sample_grid(nfe, 1))
-        res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg)
+        res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg, fd=fd)
         saved.add(nfe, y, yt, samp)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
     ceiling = solvers.solve(teacher_b, z, [0.0, 1.0], cfg["teacher_steps"],
                             cfg["teacher_solver"])[-1]
     res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
-                              **sample_metrics(ceiling, z, x_teacher, x_data, cfg)}
+                              **sample_metrics(ceiling, z, x_teacher, x_data, cfg, fd=fd)}
     saved.write(ceiling)
     res["data_floor"] = {"w2_data": metrics.w2_unpaired(
         data.load(cfg["data"], n, generator(cfg["seed"], "eval-data-2")), x_data)}
+    if fd is not None:  # the same n data samples against the test split: FD's finite-n floor
+        res["data_floor"]["fd_classifier"] = fd.distance(x_data)
     test_ends = load_ends(C, "test", K)
     if cfg["audit"]["enabled"]:
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)

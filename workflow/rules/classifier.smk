@@ -1,0 +1,26 @@
+rule classifier:
+    """LeNet-like classifier on the dataset's labels (features of evaluate's fd_classifier;
+    test accuracy in metrics.json). A job only for datasets and seeds whose evaluate config
+    sets fd_classifier: true; trained once and reused by every evaluation of its seed."""
+    input:
+        params=config_input("classifier"),
+    output:
+        model=f"{RESULTS}/classifier/{{dataset}}/seed~{{seed}}/classifier.pt",
+        metrics=f"{RESULTS}/classifier/{{dataset}}/seed~{{seed}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/classifier/{{dataset}}/seed~{{seed}}.log",
+    params:
+        runs=RUNS,
+        nproc=1,
+        omp=res("classifier", "threads", 1),
+        out=lambda wc, output: str(Path(output.model).parent),
+    conda:
+        "../../environment.yml"
+    threads: job_threads("classifier")
+    resources:
+        **slurm_resources("classifier"),
+    shell:
+        job_cmd("classifier", nproc=1)
+        + " --params {input.params} --out {params.out}"
+        " --runs {params.runs} --job classifier/{wildcards.dataset}/seed~{wildcards.seed}"
+        " > {log} 2>&1"
