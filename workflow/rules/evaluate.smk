@@ -26,7 +26,6 @@ rule evaluate:
         " --teacher {input.teacher} --couplings {input.couplings} --out {output.eval}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
-        " > {log} 2>&1"
 
 
 rule evaluations_seed:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One reflowma stage as a workflow job:  job.sh NPROC STAGE ARGS...
+# One reflowma stage as a workflow job:  job.sh NPROC LOG STAGE ARGS...
 #
 # NPROC > 1 runs the stage under torchrun (NPROC ranks on this node); 1 runs one process.
+# LOG receives stdout and stderr; a run of a requeued Slurm job appends to it, so the log keeps
+# the interrupted attempt, the requeue and the resumed one.
 # Preemption: a stage that SIGTERM/SIGINT interrupted saves its state and exits 143/130. Inside
 # a Slurm job (and unless REFLOWMA_REQUEUE=0) this script then requeues the job
 # (`scontrol requeue`): Slurm reruns the same job id, which resumes from the saved state, and
@@ -9,7 +11,17 @@
 # failures still fail the job (and the workflow: the profile keeps `retries: 0`).
 set -u
 nproc=$1
-shift
+log=$2
+shift 2
+# $log.requeued holds the id of the job that requeued itself; only that job's rerun appends.
+marker="$log.requeued"
+if [ -n "${SLURM_JOB_ID:-}" ] && [ "$(cat "$marker" 2>/dev/null)" = "$SLURM_JOB_ID" ]; then
+    exec >>"$log" 2>&1
+    echo "[job.sh] Slurm job $SLURM_JOB_ID restarted after its requeue"
+else
+    exec >"$log" 2>&1
+fi
+rm -f "$marker"
 signalled=
 # Slurm signals every process of the job step; the trap (run once the stage has exited) only
 # notes it, so this script lives on to requeue.
@@ -34,9 +46,11 @@ if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
     preempted=
 fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
-    echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID" >&2
+    echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID"
+    echo "$SLURM_JOB_ID" >"$marker"
     if scontrol requeue "$SLURM_JOB_ID"; then
         sleep 600 # requeue ends this run of the job; do not report a failure meanwhile
     fi
+    rm -f "$marker"
 fi
 exit "$rc"
