@@ -43,14 +43,18 @@ fi
 # and must stay cancelled.
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
     scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=CANCELLED'; then
+    echo "[job.sh] Slurm job $SLURM_JOB_ID was cancelled (exit $rc): not requeued"
     preempted=
 fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
     echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID"
     echo "$SLURM_JOB_ID" >"$marker"
     if scontrol requeue "$SLURM_JOB_ID"; then
-        sleep 600 # requeue ends this run of the job; do not report a failure meanwhile
+        # The requeue ends this run of the job (Slurm signals and kills it, sleep included):
+        # report no failure meanwhile, and leave the marker for the rerun.
+        sleep 600
+    else
+        rm -f "$marker"
     fi
-    rm -f "$marker"
 fi
 exit "$rc"
