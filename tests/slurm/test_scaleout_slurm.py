@@ -115,7 +115,7 @@ def test_ddp_job_preempted_requeued_resumes_bit_identical(local_slurm, tmp_path)
     for line in ("interrupted by SIGTERM", f"requeueing Slurm job {jid}",
                  f"Slurm job {jid} restarted after its requeue", "resuming teacher from step"):
         assert line in tlog, (line, tlog[-3000:])
-    assert not list(wd.rglob("*.requeued"))
+    assert not list(wd.rglob("*.requeued-*"))
     statuses = _records(wd / "results/ddp/runs", "teacher/8gaussians/seed~0")
     assert statuses == ["INTERRUPTED", "COMPLETED"], statuses
     got = json.loads((teacher / "metrics.json").read_text())

@@ -2,8 +2,8 @@
 # One reflowma stage as a workflow job:  job.sh NPROC LOG STAGE ARGS...
 #
 # NPROC > 1 runs the stage under torchrun (NPROC ranks on this node); 1 runs one process.
-# LOG receives stdout and stderr; a run of a requeued Slurm job appends to it, so the log keeps
-# the interrupted attempt, the requeue and the resumed one.
+# LOG receives stdout and stderr; the rerun of a requeued Slurm job starts it with the log of the
+# interrupted run, so it shows the interrupted attempt, the requeue and the resumed one.
 # Preemption: a stage that SIGTERM/SIGINT interrupted saves its state and exits 143/130. Inside
 # a Slurm job (and unless REFLOWMA_REQUEUE=0) this script then requeues the job
 # (`scontrol requeue`): Slurm reruns the same job id, which resumes from the saved state, and
@@ -13,15 +13,15 @@ set -u
 nproc=$1
 log=$2
 shift 2
-# $log.requeued holds the id of the job that requeued itself; only that job's rerun appends.
-marker="$log.requeued"
-if [ -n "${SLURM_JOB_ID:-}" ] && [ "$(cat "$marker" 2>/dev/null)" = "$SLURM_JOB_ID" ]; then
-    exec >>"$log" 2>&1
+# Snakemake deletes a rule's log before it runs the rule, a rerun of a requeued job included:
+# the requeue saves the log as $log.requeued-JOBID and that job's rerun starts from it.
+saved="$log.requeued-${SLURM_JOB_ID:-}"
+exec >"$log" 2>&1
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -f "$saved" ]; then
+    cat "$saved"
     echo "[job.sh] Slurm job $SLURM_JOB_ID restarted after its requeue"
-else
-    exec >"$log" 2>&1
 fi
-rm -f "$marker"
+rm -f "$log".requeued-*
 signalled=
 # Slurm signals every process of the job step; the trap (run once the stage has exited) only
 # notes it, so this script lives on to requeue.
@@ -48,13 +48,13 @@ if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
 fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
     echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID"
-    echo "$SLURM_JOB_ID" >"$marker"
+    cp "$log" "$saved"
     if scontrol requeue "$SLURM_JOB_ID"; then
         # The requeue ends this run of the job (Slurm signals and kills it, sleep included):
-        # report no failure meanwhile, and leave the marker for the rerun.
+        # report no failure meanwhile.
         sleep 600
     else
-        rm -f "$marker"
+        rm -f "$saved"
     fi
 fi
 exit "$rc"
