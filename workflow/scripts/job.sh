@@ -39,12 +39,16 @@ preempted=
 if [ "$rc" -eq 143 ] || [ "$rc" -eq 130 ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
     preempted=1
 fi
-# A plain `scancel` (the user cancelling) also sends SIGTERM: the job is then CANCELLED already
-# and must stay cancelled.
-if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
-    scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=CANCELLED'; then
-    echo "[job.sh] Slurm job $SLURM_JOB_ID was cancelled (exit $rc): not requeued"
-    preempted=
+# A plain `scancel` (the user cancelling) also sends SIGTERM; the job must stay cancelled.
+# Its state then reads COMPLETING (CANCELLED once it has ended), whereas a signal alone
+# (`scancel --signal=TERM`, `sbatch --signal=TERM@N`) leaves it RUNNING: requeue only then
+# (measured on Slurm 22.05; a preemption that Slurm requeues itself is not RUNNING either).
+if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    state=$(scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*')
+    if [ "$state" != JobState=RUNNING ]; then
+        echo "[job.sh] Slurm job $SLURM_JOB_ID is ${state#JobState=} (exit $rc): not requeued"
+        preempted=
+    fi
 fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
     echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID"
