@@ -83,8 +83,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> None:
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_ddp_job_preempted_requeued_resumes_bit_identical(local_slurm, tmp_path):
-    # 2 torchrun ranks (gloo) in one Slurm job of 2 CPUs; 400 steps leave time to signal it
-    # after the first resume checkpoint (step 20) even on a fast machine.
+    # ~130 s here. 2 torchrun ranks (gloo) in one Slurm job of 2 CPUs; 400 steps leave time to
+    # signal it after the first resume checkpoint (step 20) even on a fast machine.
     preset = _preset(tmp_path, "ddp", 2, steps=400, checkpoint_every=20, log_every=20)
     wd = tmp_path / "wf"
     teacher = wd / TEACHER.format(p="ddp")
@@ -139,6 +139,7 @@ def test_ddp_job_preempted_requeued_resumes_bit_identical(local_slurm, tmp_path)
             == {k: v for k, v in want["metrics"].items() if k not in timing})
 
 
+@pytest.mark.slow  # 76 s here
 @pytest.mark.slurm
 def test_cancelled_job_is_not_requeued(local_slurm, tmp_path):
     # A plain `scancel` is the user's decision: SIGTERM reaches the stage as for a preemption,
@@ -173,6 +174,7 @@ def test_cancelled_job_is_not_requeued(local_slurm, tmp_path):
 SUBMISSIONS = {"slurm": 7, "slurm-grouped": 4}
 
 
+@pytest.mark.slow  # 166 s and 162 s here
 @pytest.mark.slurm
 @pytest.mark.parametrize("profile", ["slurm", "slurm-grouped"])
 def test_grid_submissions_and_wall_time(local_slurm, tmp_path, profile):
