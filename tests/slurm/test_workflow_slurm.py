@@ -87,9 +87,12 @@ def test_smoke_grid_on_slurm(local_slurm, tmp_path):
         bad_jobs = _jobs_by_rule(log)
         print(f"failing run: {bad_jobs}, rc {rc}")
         assert rc not in (0, 124, 137), log[-4000:]
-        assert scontrol_job(bad_jobs["teacher"][0])["JobState"] == "FAILED"
+        bad_job = scontrol_job(bad_jobs["teacher"][0])
+        # exit 3 is no preemption: job.sh passes it on and does not requeue the job
+        assert (bad_job["JobState"], bad_job["Restarts"]) == ("FAILED", "0")
         tlog = next((tmp_path / "fail" / "results").rglob("logs/teacher/**/*.log"))
         assert "non-finite loss" in tlog.read_text()
+        assert "requeueing" not in tlog.read_text()
         assert not list((tmp_path / "fail" / "results").rglob("teacher.pt"))
     finally:
         if bad[0].poll() is None:

@@ -95,10 +95,11 @@ def slurm_resources(rule_name):
 # preempted job (state saved, exit 143/130) is requeued inside Slurm (docs/slurm.md).
 # The trap keeps Snakemake's own shell alive when Slurm signals every process of the job, so
 # the script can requeue the job before the job step ends.
+# job.sh writes the rule's log itself (appending after a requeue), so rules do not redirect.
 def job_cmd(stage, nproc="{params.nproc}"):
     return (
         "trap true TERM INT; OMP_NUM_THREADS={params.omp}"
-        f' "$REFLOWMA_ROOT/workflow/scripts/job.sh" {nproc} {stage}'
+        f' "$REFLOWMA_ROOT/workflow/scripts/job.sh" {nproc} {{log}} {stage}'
     )
 
 

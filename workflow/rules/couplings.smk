@@ -21,4 +21,3 @@ rule couplings:
         + " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
         " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"
-        " > {log} 2>&1"

@@ -30,7 +30,6 @@ rule evaluate:
         " --out {output.eval}"
         " --runs {params.runs}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
-        " > {log} 2>&1"
 
 
 rule evaluations_seed:

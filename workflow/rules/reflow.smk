@@ -26,4 +26,3 @@ rule reflow:
         " --teacher {input.teacher} --out {params.out}"
         " --runs {params.runs}"
         " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
-        " > {log} 2>&1"

@@ -20,4 +20,4 @@ rule teacher:
     shell:
         job_cmd("teacher")
         + " --params {input.params} --out {params.out}"
-        " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed} > {log} 2>&1"
+        " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed}"

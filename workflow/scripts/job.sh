@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One reflowma stage as a workflow job:  job.sh NPROC STAGE ARGS...
+# One reflowma stage as a workflow job:  job.sh NPROC LOG STAGE ARGS...
 #
 # NPROC > 1 runs the stage under torchrun (NPROC ranks on this node); 1 runs one process.
+# LOG receives stdout and stderr; the rerun of a requeued Slurm job starts it with the log of the
+# interrupted run, so it shows the interrupted attempt, the requeue and the resumed one.
 # Preemption: a stage that SIGTERM/SIGINT interrupted saves its state and exits 143/130. Inside
 # a Slurm job (and unless REFLOWMA_REQUEUE=0) this script then requeues the job
 # (`scontrol requeue`): Slurm reruns the same job id, which resumes from the saved state, and
@@ -9,7 +11,17 @@
 # failures still fail the job (and the workflow: the profile keeps `retries: 0`).
 set -u
 nproc=$1
-shift
+log=$2
+shift 2
+# Snakemake deletes a rule's log before it runs the rule, a rerun of a requeued job included:
+# the requeue saves the log as $log.requeued-JOBID and that job's rerun starts from it.
+saved="$log.requeued-${SLURM_JOB_ID:-}"
+exec >"$log" 2>&1
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -f "$saved" ]; then
+    cat "$saved"
+    echo "[job.sh] Slurm job $SLURM_JOB_ID restarted after its requeue"
+fi
+rm -f "$log".requeued-*
 signalled=
 # Slurm signals every process of the job step; the trap (run once the stage has exited) only
 # notes it, so this script lives on to requeue.
@@ -27,16 +39,26 @@ preempted=
 if [ "$rc" -eq 143 ] || [ "$rc" -eq 130 ] || { [ -n "$signalled" ] && [ "$rc" -ne 0 ]; }; then
     preempted=1
 fi
-# A plain `scancel` (the user cancelling) also sends SIGTERM: the job is then CANCELLED already
-# and must stay cancelled.
-if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] &&
-    scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -q 'JobState=CANCELLED'; then
-    preempted=
+# A plain `scancel` (the user cancelling) also sends SIGTERM; the job must stay cancelled.
+# Its state then reads COMPLETING (CANCELLED once it has ended), whereas a signal alone
+# (`scancel --signal=TERM`, `sbatch --signal=TERM@N`) leaves it RUNNING: requeue only then
+# (measured on Slurm 22.05; a preemption that Slurm requeues itself is not RUNNING either).
+if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    state=$(scontrol -o show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*')
+    if [ "$state" != JobState=RUNNING ]; then
+        echo "[job.sh] Slurm job $SLURM_JOB_ID is ${state#JobState=} (exit $rc): not requeued"
+        preempted=
+    fi
 fi
 if [ -n "$preempted" ] && [ -n "${SLURM_JOB_ID:-}" ] && [ "${REFLOWMA_REQUEUE:-1}" != 0 ]; then
-    echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID" >&2
+    echo "[job.sh] preempted (exit $rc): requeueing Slurm job $SLURM_JOB_ID"
+    cp "$log" "$saved"
     if scontrol requeue "$SLURM_JOB_ID"; then
-        sleep 600 # requeue ends this run of the job; do not report a failure meanwhile
+        # The requeue ends this run of the job (Slurm signals and kills it, sleep included):
+        # report no failure meanwhile.
+        sleep 600
+    else
+        rm -f "$saved"
     fi
 fi
 exit "$rc"
