@@ -286,7 +286,8 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def test_every_figure_is_written(wf):
     stems = F.expected_stems(wf["jobs"])
-    assert {s.split("_")[0] for s in stems} == {"nfe", "training", "local", "samples"}
+    kinds = {f["kind"] for f in F.expected_figures(wf["jobs"])}
+    assert kinds == {"nfe", "training", "local", "samples", "tm_marginal"}
     written = {Path(p).name for p in wf["res"]["figures"]}
     for stem in stems:
         for ext in ("png", "pdf"):
