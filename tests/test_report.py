@@ -424,3 +424,14 @@ def test_dvc_plots_follow_the_spec():
 
     (plot,) = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     assert next(iter(plot.values()))["y"] == [m.key for m in spec.selected("plot")]
+
+
+def test_claims_pair_each_regularized_point_with_its_control(wf):
+    """The audited 8gaussians grid also has a teacher-only table (score error): the claims must
+    still find the methods of the dataset (they once took the last table's, which has none)."""
+    c = json.loads((wf["out"] / "claims.json").read_text())
+    pts = {p["method"]: p for p in c["regularizer"]["piecewise"]["points"]}
+    pt = pts[REG]  # (the grid point that never ran, EXTRA, is listed too, untested)
+    assert pt["control"] == BASE
+    assert pt["verdict"] != "untested"  # two seeds: a paired test was made
+    assert c["regularizer"]["vanilla"]["points"] == []  # no K = 1 point in this grid

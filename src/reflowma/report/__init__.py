@@ -121,8 +121,12 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     write_json(out_dir / "missing.json", missing)
     from reflowma.report import claims as CL
 
-    methods = {t.dataset: list(t.frame.loc[t.frame["kind"] == "method", "method"])
-               for t in tables if not t.effects}
+    methods = {}  # every method of a dataset, over all its tables (its teacher table has none)
+    for t in tables:
+        if not t.effects:
+            for m in t.frame.loc[t.frame["kind"] == "method", "method"]:
+                if m not in methods.setdefault(t.dataset, []):
+                    methods[t.dataset].append(m)
     cl = CL.build(runs, methods, counterexample, counterexample_source)
     write_json(out_dir / "claims.json", _jsonable(cl))
     _write_text(out_dir / "claims.md", CL.markdown(
