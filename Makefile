@@ -33,6 +33,7 @@ lint: env
 	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 bench: env
 	$(BIN)/python benchmarks/dag_build.py
