@@ -33,10 +33,13 @@ lint: env
 	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
+# Every benchmark (benchmarks/run.py): a table, and benchmarks/results/latest.json.
+# A subset or a smoke check: make bench BENCH_ARGS="--quick --only evaluate"
+BENCH_ARGS ?=
 bench: env
-	$(BIN)/python benchmarks/dag_build.py
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # DVC wraps the workflow: rebuild what changed, tables and figures included.
 repro: env

@@ -1,6 +1,7 @@
 """DAG build time of `snakemake -n` for large ablation grids.
 
-Run: `make bench` (or `.venv/bin/python benchmarks/dag_build.py [--sizes 1000 10000]`).
+Run: `.venv/bin/python benchmarks/dag_build.py [--sizes 1000 10000]` (any grid sizes). `make bench`
+(benchmarks/run.py, section ``dag``) times 1,000 and 10,000 jobs with ``grid_for`` and ``dry_run``.
 Prints, per grid size, the wall time of a cold dry run (it also writes every job's resolved
 config) and a warm one (configs already there), and their ratio to the smoke grid measured in
 the same run. Goals (issue 4): < 5 s for 1,000 jobs and < 30 s for 10,000 jobs on 2 cores.

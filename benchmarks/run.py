@@ -1,4 +1,5 @@
-"""Every benchmark of the harness, one command: `make bench` (= `python benchmarks/run.py`).
+"""Every benchmark of the harness, one command: `make bench` (= `python benchmarks/run.py`;
+arguments through ``make bench BENCH_ARGS="--quick --only evaluate"``).
 
 Writes ``benchmarks/results/latest.json`` and prints a table. Every timing is min/median/max
 over ``--repeats`` (>= 5) runs, and every ratio is taken against a reference measured in the

@@ -5,7 +5,9 @@ Arms: plain trajectory matching (TM), + window-start term, + marginal regularize
 log-det mode (exact / trace / hutchinson), + each sample discrepancy in place of the reverse KL
 (mmd / sliced_w2 / sinkhorn, their default settings; ``--arms`` picks a subset). Each arm's
 loss is the ``Objective`` that the reflow stage builds from a reflow config (the same objects
-training uses), on the same network, all timed in the same run.
+training uses), on the same network, all timed in the same run. `make bench` (benchmarks/run.py,
+section ``step``) times the control and regularizer arms at d = 2, 64, 784 with ``arm_config``
+and ``make_step``; this script is the one for the discrepancy arms, a device, K, width, steps.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -80,35 +81,58 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> None:
         time.sleep(0.5)
 
 
+@dataclass(frozen=True)
+class SignalledRun:
+    """A smoke teacher run under the `slurm` profile whose Slurm job was signalled mid-training."""
+
+    workdir: Path
+    teacher: Path  # the teacher's output folder
+    jid: str  # its Slurm job
+    returncode: int  # Snakemake's
+    log: str  # Snakemake's output
+    signal_after: float  # seconds from the start of Snakemake to the scancel
+    wall: float  # seconds from the start of Snakemake to its end
+
+
+def _signal_teacher_job(tmp_path: Path, name: str, nproc: int, scancel: list[str],
+                        timeout: float) -> SignalledRun:
+    """Run the teacher of preset ``name`` (smoke, ``nproc`` ranks, 400 steps, a resume checkpoint
+    every 20) as the target of Snakemake's `slurm` profile; once its first checkpoint is written,
+    ``scancel *scancel <job>``, then wait up to ``timeout`` s for Snakemake to end."""
+    preset = _preset(tmp_path, name, nproc, steps=400, checkpoint_every=20, log_every=20)
+    wd = tmp_path / "wf"
+    target = TEACHER.format(p=name)
+    t0 = time.monotonic()
+    proc = _snakemake(wd, "slurm", f"{target}/teacher.pt", "--config", f"preset={preset}",
+                      "grid=smoke")
+    try:
+        _wait_for(wd / target / "state.pt", proc, 240)
+        jid = _job_of(wd)
+        t_sig = time.monotonic()
+        subprocess.run(["scancel", *scancel, jid], check=True)
+        log, _ = proc.communicate(timeout=timeout)
+    finally:
+        _stop(proc)
+    return SignalledRun(wd, wd / target, jid, proc.returncode, log, t_sig - t0,
+                        time.monotonic() - t0)
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_ddp_job_preempted_requeued_resumes_bit_identical(local_slurm, tmp_path):
     # ~130 s here. 2 torchrun ranks (gloo) in one Slurm job of 2 CPUs; 400 steps leave time to
     # signal it after the first resume checkpoint (step 20) even on a fast machine.
-    preset = _preset(tmp_path, "ddp", 2, steps=400, checkpoint_every=20, log_every=20)
-    wd = tmp_path / "wf"
-    teacher = wd / TEACHER.format(p="ddp")
-    t0 = time.monotonic()
-    proc = _snakemake(wd, "slurm", f"{TEACHER.format(p='ddp')}/teacher.pt",
-                      "--config", f"preset={preset}", "grid=smoke")
-    try:
-        _wait_for(teacher / "state.pt", proc, 240)
-        jid = _job_of(wd)
-        t_sig = time.monotonic()
-        # what a preemption notice does: SIGTERM to every process of the job's steps
-        subprocess.run(["scancel", "--signal=TERM", jid], check=True)
-        log, _ = proc.communicate(timeout=420)
-    finally:
-        _stop(proc)
-    wall = time.monotonic() - t0
+    # What a preemption notice does: SIGTERM to every process of the job's steps.
+    run = _signal_teacher_job(tmp_path, "ddp", 2, ["--signal=TERM"], timeout=420)
+    wd, teacher, jid, log = run.workdir, run.teacher, run.jid, run.log
     job = scontrol_job(jid)
     tlog = (wd / "results/ddp/logs/teacher/8gaussians/seed~0.log").read_text()
-    print(f"\n-> snakemake rc {proc.returncode} in {wall:.1f}s (signal after "
-          f"{t_sig - t0:.1f}s); Slurm job {jid}: {job['JobState']} Restarts={job['Restarts']} "
-          f"NumCPUs={job['NumCPUs']}")
+    print(f"\n-> snakemake rc {run.returncode} in {run.wall:.1f}s (signal after "
+          f"{run.signal_after:.1f}s); Slurm job {jid}: {job['JobState']} "
+          f"Restarts={job['Restarts']} NumCPUs={job['NumCPUs']}")
     print("\n".join(ln for ln in tlog.splitlines() if "resuming" in ln or "requeue" in ln
                     or "interrupted" in ln))
-    assert proc.returncode == 0, log[-6000:]
+    assert run.returncode == 0, log[-6000:]
     assert JOBID.findall(log) == [jid]  # one submission: Slurm reran the same job
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1" and job["NumCPUs"] == "2"
     # one log for both attempts: interrupted, requeued, restarted, resumed
@@ -144,28 +168,17 @@ def test_ddp_job_preempted_requeued_resumes_bit_identical(local_slurm, tmp_path)
 def test_cancelled_job_is_not_requeued(local_slurm, tmp_path):
     # A plain `scancel` is the user's decision: SIGTERM reaches the stage as for a preemption,
     # but the job is CANCELLED already and job.sh must not bring it back.
-    preset = _preset(tmp_path, "cancel", 1, steps=400, checkpoint_every=20, log_every=20)
-    wd = tmp_path / "wf"
-    teacher = wd / TEACHER.format(p="cancel")
-    t0 = time.monotonic()
-    proc = _snakemake(wd, "slurm", f"{TEACHER.format(p='cancel')}/teacher.pt",
-                      "--config", f"preset={preset}", "grid=smoke")
-    try:
-        _wait_for(teacher / "state.pt", proc, 240)
-        jid = _job_of(wd)
-        subprocess.run(["scancel", jid], check=True)
-        log, _ = proc.communicate(timeout=300)
-    finally:
-        _stop(proc)
+    run = _signal_teacher_job(tmp_path, "cancel", 1, [], timeout=300)
+    jid = run.jid
     time.sleep(3)  # a wrong requeue would show within a second or two
     job = scontrol_job(jid)
-    tlog = (wd / "results/cancel/logs/teacher/8gaussians/seed~0.log").read_text()
-    print(f"\n-> snakemake rc {proc.returncode} in {time.monotonic() - t0:.1f}s; Slurm job "
+    tlog = (run.workdir / "results/cancel/logs/teacher/8gaussians/seed~0.log").read_text()
+    print(f"\n-> snakemake rc {run.returncode} in {run.wall:.1f}s; Slurm job "
           f"{jid}: {job['JobState']} Restarts={job['Restarts']}")
-    assert proc.returncode not in (0, 124, 137), log[-4000:]
+    assert run.returncode not in (0, 124, 137), run.log[-4000:]
     assert (job["JobState"], job["Restarts"]) == ("CANCELLED", "0"), job
     assert "requeueing" not in tlog and f"Slurm job {jid} is COMPLETING" in tlog, tlog[-3000:]
-    assert not (teacher / "teacher.pt").exists()
+    assert not (run.teacher / "teacher.pt").exists()
 
 
 # Measured on the 2-core local Slurm (smoke grid: 1 teacher, 1 couplings, 2 reflow, 2 evaluate,

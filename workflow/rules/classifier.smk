@@ -9,18 +9,17 @@ rule classifier:
         metrics=f"{RESULTS}/classifier/{{dataset}}/seed~{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/classifier/{{dataset}}/seed~{{seed}}.log",
-    params:
-        runs=RUNS,
-        nproc=1,
-        omp=res("classifier", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
     conda:
         "../../environment.yml"
     threads: job_threads("classifier")
     resources:
         **slurm_resources("classifier"),
+    params:
+        runs=RUNS,
+        nproc=1,
+        omp=res("classifier", "threads", 1),
+        out=lambda wc, output: str(Path(output.model).parent),
     shell:
-        job_cmd("classifier", nproc=1)
-        + " --params {input.params} --out {params.out}"
+        job_cmd("classifier", nproc=1) + " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job classifier/{wildcards.dataset}/seed~{wildcards.seed}"
         " > {log} 2>&1"

@@ -104,14 +104,16 @@ def job_cmd(stage, nproc="{params.nproc}"):
 
 
 def seed_evaluations(dataset, seed):
-    return [f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json" for p in POINTS
-            if (p.dataset, p.seed) == (dataset, seed)]
+    return [
+        f"{RESULTS}/eval/{p.dataset}/seed~{p.seed}/{p.name}/eval.json"
+        for p in POINTS
+        if (p.dataset, p.seed) == (dataset, seed)
+    ]
 
 
 def all_evaluation_flags():
     pairs = dict.fromkeys((p.dataset, p.seed) for p in POINTS)
     return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
-
 
 
 def classifier_input(wc):
@@ -121,3 +123,15 @@ def classifier_input(wc):
     if cfg is None or not cfg.get("fd_classifier"):
         return []
     return f"{RESULTS}/classifier/{wc.dataset}/seed~{wc.seed}/classifier.pt"
+
+
+def report_figure(folder, f):
+    """The PNG of one figure of reflowma.report.figures.expected_figures under the report
+    `folder`, flagged for `snakemake --report` (captions in workflow/report/)."""
+    return report(
+        f"{folder}/figures/{f['stem']}.png",
+        caption=f"../report/{f['kind']}.rst",
+        category="Figures",
+        subcategory=f["dataset"],
+        labels={"dataset": f["dataset"], "figure": f["stem"]},
+    )

@@ -7,17 +7,16 @@ rule couplings:
         f"{RESULTS}/couplings/{{dataset}}/seed~{{seed}}.h5",
     log:
         f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
-    params:
-        runs=RUNS,
-        nproc=nproc("couplings"),
-        omp=res("couplings", "threads", 1),
     conda:
         "../../environment.yml"
     threads: job_threads("couplings")
     resources:
         **slurm_resources("couplings"),
+    params:
+        runs=RUNS,
+        nproc=nproc("couplings"),
+        omp=res("couplings", "threads", 1),
     shell:
-        job_cmd("couplings")
-        + " --params {input.params} --teacher {input.teacher}"
+        job_cmd("couplings") + " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
         " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"

@@ -12,20 +12,18 @@ rule evaluate:
         samples=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/samples.npz",
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
-    params:
-        runs=RUNS,
-        nproc=1,
-        omp=res("evaluate", "threads", 1),
-        classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier
-        else "",
     conda:
         "../../environment.yml"
     threads: job_threads("evaluate")
     resources:
         **slurm_resources("evaluate"),
+    params:
+        runs=RUNS,
+        nproc=1,
+        omp=res("evaluate", "threads", 1),
+        classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
     shell:
-        job_cmd("evaluate", nproc=1)
-        + " --params {input.params} --student {input.student}"
+        job_cmd("evaluate", nproc=1) + " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} {params.classifier}"
         " --out {output.eval}"
         " --runs {params.runs}"

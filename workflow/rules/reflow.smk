@@ -10,19 +10,18 @@ rule reflow:
         metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
     log:
         f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
-    params:
-        runs=RUNS,
-        nproc=nproc("reflow"),
-        omp=res("reflow", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
     conda:
         "../../environment.yml"
     threads: job_threads("reflow")
     resources:
         **slurm_resources("reflow"),
+    params:
+        runs=RUNS,
+        nproc=nproc("reflow"),
+        omp=res("reflow", "threads", 1),
+        out=lambda wc, output: str(Path(output.model).parent),
     shell:
-        job_cmd("reflow")
-        + " --params {input.params} --couplings {input.couplings}"
+        job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out}"
         " --runs {params.runs}"
         " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

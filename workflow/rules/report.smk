@@ -4,22 +4,27 @@
 # captions in workflow/report/.
 from reflowma.report import figures as rfig
 
+
 report: "../report/workflow.rst"
+
 
 REPORT = f"{RESULTS}/report"
 
 
 # The report's PNG figures, flagged for `snakemake --report` (the local-audit figure only where
-# the evaluate stage runs the audit); reflowma.report.figures names them.
-_AUDIT = {key[0] for (stage, key), cfg in CONFIGS.items()
-          if stage == "evaluate" and cfg["audit"]["enabled"]}
-REPORT_FIGURES = [report(f"{REPORT}/figures/{f['stem']}.png",
-                         caption=f"../report/{f['kind']}.rst", category="Figures",
-                         subcategory=f["dataset"],
-                         labels={"dataset": f["dataset"], "figure": f["stem"]})
-                  for f in rfig.expected_figures(
-                      [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
-                  if f["kind"] != "local" or f["dataset"] in _AUDIT]
+# the evaluate stage runs the audit); reflowma.report.figures names them. report_figure
+# (common.smk) flags each: a line of a .smk that starts with `report(` is taken for the
+# `report:` directive by snakefmt 2.1.0, which then cannot parse its own output.
+_AUDIT = {
+    key[0]
+    for (stage, key), cfg in CONFIGS.items()
+    if stage == "evaluate" and cfg["audit"]["enabled"]
+}
+REPORT_FIGURES = [
+    report_figure(REPORT, f)
+    for f in rfig.expected_figures([f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
+    if f["kind"] != "local" or f["dataset"] in _AUDIT
+]
 
 
 rule report:
@@ -31,23 +36,22 @@ rule report:
     output:
         metrics=f"{REPORT}/metrics.json",
         summary=f"{REPORT}/summary.json",
-        tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst",
-                      category="Tables"),
+        tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst", category="Tables"),
         plots=f"{REPORT}/plots/nfe.csv",
         claims=f"{REPORT}/claims.md",
         figures=REPORT_FIGURES,
     log:
         f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output
-    params:
-        runs=RUNS,
-        out=lambda wc, output: str(Path(output.metrics).parent),
-        grid=config["grid"],
-        preset=config["preset"],
     conda:
         "../../environment.yml"
     threads: res("report", "threads", 1)
     resources:
         **slurm_resources("report"),
+    params:
+        runs=RUNS,
+        out=lambda wc, output: str(Path(output.metrics).parent),
+        grid=config["grid"],
+        preset=config["preset"],
     shell:
-        "\"$REFLOWMA_PY\" -m reflowma report --runs {params.runs} --out {params.out}"
+        '"$REFLOWMA_PY" -m reflowma report --runs {params.runs} --out {params.out}'
         " --grid {params.grid} --preset {params.preset} > {log} 2>&1"

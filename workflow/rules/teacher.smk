@@ -7,17 +7,16 @@ rule teacher:
         metrics=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
-    params:
-        runs=RUNS,
-        nproc=nproc("teacher"),
-        omp=res("teacher", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
     conda:
         "../../environment.yml"
     threads: job_threads("teacher")
     resources:
         **slurm_resources("teacher"),
+    params:
+        runs=RUNS,
+        nproc=nproc("teacher"),
+        omp=res("teacher", "threads", 1),
+        out=lambda wc, output: str(Path(output.model).parent),
     shell:
-        job_cmd("teacher")
-        + " --params {input.params} --out {params.out}"
+        job_cmd("teacher") + " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed}"

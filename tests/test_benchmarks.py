@@ -1,0 +1,55 @@
+"""`make bench` runs benchmarks/run.py; its cheapest section, at --quick size, writes the JSON
+it promises (to --out only) and prints the goal table from the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "benchmarks" / "run.py"
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    # one thread and a lower priority: a benchmark must not take a shared machine's cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["nice", "-n", "10", sys.executable, str(RUN), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_make_bench_runs_run_py():
+    res = subprocess.run(["make", "-n", "bench", "BIN=BIN", "-o", "BIN/reflowma"], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["BIN/python", "benchmarks/run.py"]
+
+
+def test_quick_evaluate_section(tmp_path):
+    out = tmp_path / "bench.json"
+    before = {p: p.stat().st_mtime_ns for p in (REPO / "benchmarks" / "results").glob("*")}
+    res = bench("--quick", "--only", "evaluate", "--repeats", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in (REPO / "benchmarks" / "results").glob("*")}
+    assert after == before  # nothing written next to the committed results
+
+    r = json.loads(out.read_text())
+    assert r["quick"] is True and r["threads"] == 1
+    assert set(r) - {"host", "cpus", "torch", "threads", "quick", "date"} == {"evaluate"}
+    ev = r["evaluate"]
+    assert ev["n"] == 250  # --quick size
+    for k in ("metrics", "audit"):
+        s = ev["seconds"][k]
+        assert s["n"] == 1 and 0 < s["min"] == s["median"] == s["max"]
+        # seconds per 1,000 samples: the median over n = 250 samples, times 4
+        assert abs(ev[f"{k}_s_per_1k"] - 4 * s["median"]) <= 1e-12 * ev[f"{k}_s_per_1k"]
+
+    rows = [line.split() for line in res.stdout.splitlines()]
+    (row,) = [w for w in rows if w and w[0] == "evaluate.audit_s_per_1k"]
+    assert float(row[1]) == round(ev["audit_s_per_1k"], 3)
+    assert row[-1] == ("yes" if ev["audit_s_per_1k"] <= 10 else "NO")
+    assert not any(w and w[0].startswith(("couplings.", "step.", "study.", "dag.")) for w in rows)
+    assert res.stdout.rstrip().endswith(f"-> {out}")
+
