@@ -23,6 +23,7 @@ from reflowma.evaluation import spec
 from reflowma.infra.runs import parse_point
 from reflowma.registry import InputError
 from reflowma.report import collect as C
+from reflowma.report.collect import by_seed
 from reflowma.report.stats import baseline_of, paired_test
 
 ALPHA = 0.05
@@ -46,13 +47,6 @@ def _f(x, digits=4) -> str:
 def _better_sign(metric: str) -> int:
     m, _ = spec.lookup(metric)
     return -1 if m is None or m.better == "lower" else 1
-
-
-def by_seed(long: pd.DataFrame, method: str, nfe: int, metric: str):
-    sel = long[(long["method"] == method) & (long["metric"] == metric)
-               & (long["nfe"].isin([nfe, -1]))]
-    return ({int(r.seed): r.value for r in sel.itertuples()},
-            {int(r.seed): int(r.run_id) for r in sel.itertuples()})
 
 
 def compare_point(ld: pd.DataFrame, method: str, base: str, K: int) -> dict:
