@@ -92,3 +92,27 @@ def test_cli_claims_and_compare(tmp_path, capsys):
     assert cmp["only_this"] == cmp["only_other"] == []
     md = (tmp_path / "a/report/compare/compare.md").read_text()
     assert "| claim" in md and "8gaussians" in md
+
+
+def test_cli_bad_counterexample_file_is_an_input_error(tmp_path, capsys):
+    # a --counterexample that is not the JSON `reflowma theory counterexample` writes: one line
+    # naming the flag and the file, exit 2 (not a traceback from deep inside claims)
+    runs = write_runs(tmp_path / "runs", {1: 1.0, 2: 1.0}, seeds=(0,))
+    bad = {"not json": "{", "no students": json.dumps({"nfe": [1]}),
+           "student without w2": json.dumps({"nfe": [1], "students": {"a": {"tm_loss": 1.0}}})}
+    for why, text in bad.items():
+        p = tmp_path / f"{len(why)}.json"
+        p.write_text(text)
+        assert cli.main(["report", "--runs", str(runs), "--out", str(tmp_path / "rep"),
+                         "--no-figures", "--counterexample", str(p)]) == 2, why
+        err = capsys.readouterr().err
+        assert "--counterexample" in err and str(p) in err, (why, err)
+    # the file `reflowma theory counterexample` writes passes the same check
+    from reflowma.theory import counterexample as ce
+
+    ce.write_counterexample(tmp_path / "ce", ce.DEFAULT_MU, ce.DEFAULT_SIGMA,
+                            ce.DEFAULT_ANGLE_DEG, ce.DEFAULT_NFES)
+    assert cli.main(["report", "--runs", str(runs), "--out", str(tmp_path / "rep"),
+                     "--no-figures", "--counterexample",
+                     str(tmp_path / "ce/counterexample.json")]) == 0
+    assert "theorem1 supported" in capsys.readouterr().out

@@ -221,6 +221,21 @@ def describe(params, overrides=()) -> dict:
     return out
 
 
+def _read_counterexample(path) -> dict:
+    """``report --counterexample``: Theorem 1's JSON; an ``InputError`` naming the flag and the
+    file where it is unreadable or not that JSON."""
+    from reflowma.report.claims import check_counterexample
+
+    where = f"report --counterexample {str(path)!r}"
+    try:
+        cex = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise config.InputError(f"{where}: the file does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise config.InputError(f"{where}: not readable JSON ({e})") from None
+    return check_counterexample(cex, where)
+
+
 def _report(args) -> int:
     from reflowma.infra import grid as rgrid
     from reflowma.report import build_report, expected_from_grid
@@ -245,7 +260,7 @@ def _report(args) -> int:
     from reflowma.theory import counterexample as ce
 
     if args.counterexample:
-        cex = json.loads(Path(args.counterexample).read_text())
+        cex = _read_counterexample(args.counterexample)
         cex_source = f"read from {args.counterexample}"
     else:
         cex = ce.counterexample(ce.DEFAULT_MU, ce.DEFAULT_SIGMA, ce.DEFAULT_ANGLE_DEG,

@@ -1,6 +1,6 @@
 """Reading the Sacred run records of the workflow back as a table (one row per run).
 
-A record is a ``FileStorageObserver`` folder ``<runs>/<id>/`` (see ``reflowma.tracking``):
+A record is a ``FileStorageObserver`` folder ``<runs>/<id>/`` (see ``reflowma.infra.tracking``):
 ``run.json`` (status, times, host, git commit, the stage's result), ``config.json`` (the
 validated stage config), ``metrics.json`` (logged scalars) and ``info.json`` (the job name
 ``<stage>/<dataset>/seed~<s>[/<point>]``, output and input paths). Records that cannot be read

@@ -83,6 +83,15 @@ def eval_long(ev: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=LONG)
 
 
+def by_seed(long: pd.DataFrame, method: str, nfe: int, metric: str) -> tuple[dict, dict]:
+    """``({seed: value}, {seed: run_id})`` of one method's metric in ``eval_long`` rows at one
+    NFE, per-run values (``nfe`` -1) included."""
+    sel = long[(long["method"] == method) & (long["metric"] == metric)
+               & (long["nfe"].isin([nfe, -1]))]
+    return ({int(r.seed): r.value for r in sel.itertuples()},
+            {int(r.seed): int(r.run_id) for r in sel.itertuples()})
+
+
 def job_key(job: str):
     """Sort key of a job name: numeric segment values as numbers."""
     def part(v):

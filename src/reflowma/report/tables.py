@@ -22,7 +22,15 @@ import pandas as pd
 
 from reflowma.evaluation import spec
 from reflowma.infra.runs import parse_point
-from reflowma.report.collect import eval_long, evaluations, method_status, num, plan, unique
+from reflowma.report.collect import (
+    by_seed,
+    eval_long,
+    evaluations,
+    method_status,
+    num,
+    plan,
+    unique,
+)
 from reflowma.report.stats import baseline_of, json_stats, none_if_nan, paired_test, summarize
 
 STATS = ("mean", "std", "n", "ci_lo", "ci_hi", "p", "best")
@@ -58,14 +66,6 @@ class Table:
     @property
     def effects(self) -> bool:
         return self.name.endswith("/effects")
-
-
-def by_seed(long: pd.DataFrame, method: str, nfe: int, metric: str):
-    """({seed: value}, {seed: run_id}) of a metric at one NFE (or per-run)."""
-    sel = long[(long["method"] == method) & (long["metric"] == metric)
-               & (long["nfe"].isin([nfe, -1]))]
-    return ({int(r.seed): r.value for r in sel.itertuples()},
-            {int(r.seed): int(r.run_id) for r in sel.itertuples()})
 
 
 def _better(metric: str) -> str:
