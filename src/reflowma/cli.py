@@ -345,7 +345,6 @@ def main(argv=None) -> int:
         if args.stage == "report":
             return _report(args)
         if args.stage == "describe":
-            import json
 
             print(json.dumps(describe(args.params, args.overrides), indent=2))
             return 0

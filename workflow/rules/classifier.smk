@@ -22,4 +22,3 @@ rule classifier:
     shell:
         job_cmd("classifier", nproc=1) + " --params {input.params} --out {params.out}"
         " --runs {params.runs} --job classifier/{wildcards.dataset}/seed~{wildcards.seed}"
-        " > {log} 2>&1"
