@@ -435,3 +435,12 @@ def test_claims_pair_each_regularized_point_with_its_control(wf):
     assert pt["control"] == BASE
     assert pt["verdict"] != "untested"  # two seeds: a paired test was made
     assert c["regularizer"]["vanilla"]["points"] == []  # no K = 1 point in this grid
+
+
+def test_training_figure_without_loss_curves_is_nodata(tmp_path):
+    """Records whose history holds none of the plotted losses: NoData (a placeholder), not a
+    crash on an empty subplot grid."""
+    tl = pd.DataFrame([{"stage": "reflow", "dataset": "moons", "method": "K~1", "seed": 0,
+                        "metric": "lr", "step": 10, "value": 1e-3}])
+    with pytest.raises(F.NoData, match="no loss curve of moons"):
+        F.fig_training(tl, pd.DataFrame(), "moons", ["K~1"], tmp_path)

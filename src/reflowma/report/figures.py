@@ -363,6 +363,9 @@ def fig_training(tl: pd.DataFrame, runs: pd.DataFrame, dataset: str, methods,
     panels = [("reflow", m) for m in student]
     if not d[(d["stage"] == "teacher") & (d["metric"] == "loss")].empty:
         panels.append(("teacher", "loss"))
+    if not panels:
+        raise NoData(f"no loss curve of {dataset} in the reflow/teacher records (logged: "
+                     f"{sorted(set(d['metric']))})")
     labels, colors = short_labels(methods), palette(methods)
     warm = C.warm_start_step(runs, dataset)
     ncol = min(len(panels), 3)
