@@ -17,8 +17,9 @@ METHODS = FIXED + ("dopri5",)
 
 
 def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
-    """The time t as a ``[B]`` tensor matching x's batch, dtype and device."""
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    """The time t as a ``[B]`` tensor matching x's batch, dtype and device: a stride-0
+    expansion of one value (read-only), so networks embed the shared time once per step."""
+    return torch.tensor(float(t), dtype=x.dtype, device=x.device).expand(x.shape[0])
 
 
 def step(v, x: torch.Tensor, t: float, h: float, method: str) -> torch.Tensor:

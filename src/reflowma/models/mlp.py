@@ -1,4 +1,8 @@
-"""Velocity networks ``v(x, t)``: x ``[B, *data]``, t ``[B]`` -> ``[B, *data]``."""
+"""Velocity networks ``v(x, t)``: x ``[B, *data]``, t ``[B]`` -> ``[B, *data]``.
+
+A time shared by the whole batch (a 0-dim t, or a stride-0 expansion such as
+``solvers.time_vector`` makes on every ODE step) is embedded once and broadcast.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,35 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def _gelu_prime(a, h):
+    return 0.5 * (1 + torch.erf(a / math.sqrt(2))) + a * torch.exp(-0.5 * a * a) / math.sqrt(
+        2 * math.pi)
+
+
+# d act / d a from the pre-activation a and the activation h = act(a) (ELU with alpha = 1)
+DERIVATIVES = {
+    "silu": lambda a, h: torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a))),
+    "relu": lambda a, h: (a > 0).to(a.dtype),
+    "tanh": lambda a, h: 1 - h * h,
+    "elu": lambda a, h: torch.where(a > 0, torch.ones_like(a), h + 1),
+    "gelu": _gelu_prime,
+}
+
+
+def shared_time(t: torch.Tensor) -> bool:
+    """Whether ``t`` is one time for every sample: 0-dim, or a ``[B]`` stride-0 expansion.
+
+    Cheap (no comparison of values, no device sync); a ``[B]`` tensor that merely holds equal
+    values is not detected (it is embedded per sample, with the same result).
+    """
+    if t.dim() == 0:
+        return True
+    try:
+        return t.dim() == 1 and t.shape[0] > 1 and t.stride(0) == 0
+    except RuntimeError:  # tensors without strides (e.g. under torch.func transforms)
+        return False
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -35,6 +68,7 @@ class MLPVelocity(nn.Module):
             raise ValueError(f"unknown activation {activation!r}; allowed: {sorted(ACTIVATIONS)}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = int(math.prod(self.data_shape))
+        self.activation = activation
         self.embed = SinusoidalTimeEmbedding(time_embed_dim)
         layers, d_in = [], self.dim + time_embed_dim
         for _ in range(depth):
@@ -43,11 +77,37 @@ class MLPVelocity(nn.Module):
         layers.append(nn.Linear(d_in, self.dim))
         self.net = nn.Sequential(*layers)
 
+    def _input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``[x flattened, embed(t)]`` ``[B, dim + time_embed_dim]``; a shared t embedded once."""
+        B = x.shape[0]
+        if shared_time(t):
+            emb = self.embed(t.reshape(-1)[:1]).expand(B, -1)
+        else:
+            emb = self.embed(t)
+        return torch.cat([x.reshape(B, -1), emb.to(x.dtype)], dim=-1)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        h = torch.cat([x.reshape(x.shape[0], -1), self.embed(t).to(x.dtype)], dim=-1)
-        return self.net(h).reshape(x.shape)
+        return self.net(self._input(x, t)).reshape(x.shape)
+
+    def jvp(self, x: torch.Tensor, t: torch.Tensor, tangents: torch.Tensor):
+        """``(v(x, t), J u)`` for tangents ``[n, B, *data]`` -> ``([B, *data], [n, B, *data])``.
+
+        Forward mode written out: the tangents ride along the layers as
+        ``T <- act'(a) * T`` and ``T <- T W^T`` (t carries no tangent), all n in one matrix
+        product per layer. Plain autograd ops, so a loss on ``J u`` is differentiable for the
+        parameters with a single ordinary backward.
+        """
+        n, B = tangents.shape[0], x.shape[0]
+        deriv = DERIVATIVES[self.activation]
+        layers = list(self.net)
+        a = layers[0](self._input(x, t))
+        T = tangents.reshape(n * B, self.dim) @ layers[0].weight[:, :self.dim].t()
+        for act, lin in zip(layers[1::2], layers[2::2], strict=True):
+            h = act(a)
+            T = (T.reshape(n, B, -1) * deriv(a, h)).reshape(n * B, -1)
+            a = lin(h)
+            T = T @ lin.weight.t()
+        return a.reshape(x.shape), T.reshape(n, *x.shape)
 
 
 def build(data_shape, cfg: dict) -> MLPVelocity:

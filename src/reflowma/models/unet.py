@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reflowma.models.mlp import SinusoidalTimeEmbedding
+from reflowma.models.mlp import SinusoidalTimeEmbedding, shared_time
 
 
 def _norm(c: int, groups: int) -> nn.GroupNorm:
@@ -134,9 +134,8 @@ class UNetVelocity(nn.Module):
                                  _zero(nn.Conv2d(cur, C, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        emb = self.time_mlp(self.embed(t).to(x.dtype))
+        # a time shared by the batch: one embedding row [1, E], broadcast in every block
+        emb = self.time_mlp(self.embed(t.reshape(-1)[:1] if shared_time(t) else t).to(x.dtype))
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:

@@ -15,6 +15,11 @@ log|det|: ``exact`` = ``log|det(I + h J)|`` from the autograd Jacobian, with a f
 (``log det`` above ``delta``, its tangent line below, so folded points are pushed back instead
 of rewarded); ``trace`` = ``h tr J`` (first order, exact trace); ``hutchinson`` = ``h eps^T J eps``
 averaged over Rademacher probes (first order, unbiased for ``h tr J``, any dimension).
+For a network with an explicit tangent pass (``v.jvp``, the MLP) ``surrogate`` takes J (d unit
+tangents) and ``J eps`` (one tangent per probe) in forward mode, together with ``v(x)``, with no
+double backward; other networks keep the reverse-mode ``logdet_*`` (d VJPs, or one per probe,
+with ``create_graph``): the generic ``torch.func`` forward mode was slower than both on the CPU,
+and not every kernel (e.g. fused attention on CUDA) has a forward-mode formula.
 
 ``regularizer.discrepancy`` picks the term: ``reverse_kl`` (the surrogate above, the paper's) or
 a sample discrepancy (``mmd``, ``sliced_w2``, ``sinkhorn``; ``SampleDiscrepancy``) between the
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from reflowma.core import discrepancies as D
-from reflowma.core.autodiff import batch_jacobian
+from reflowma.core.autodiff import batch_jacobian, forward_jacobian, velocity_jvp
 from reflowma.core.interpolant import score_from_velocity
 from reflowma.objectives.base import Context, Term
 
@@ -49,17 +54,28 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
     return a.reshape(a.shape[0], -1)
 
 
-def logdet_exact(vx: torch.Tensor, x: torch.Tensor, h: float, delta: float | None):
-    """(barrier log|det(I + h J)| ``[B]``, det ``[B]``); ``vx = v(x)``, x requiring grad."""
-    J = batch_jacobian(vx, x, create_graph=True)
+def barrier_logdet(J: torch.Tensor, h: float, delta: float | None):
+    """(barrier log|det(I + h J)| ``[B]``, det ``[B]``) from Jacobians ``J`` ``[B, d, d]``."""
     M = torch.eye(J.shape[1], dtype=J.dtype, device=J.device) + h * J
     det = torch.linalg.det(M)
     return barrier_log(det, delta), det
 
 
+def logdet_exact(vx: torch.Tensor, x: torch.Tensor, h: float, delta: float | None):
+    """(barrier log|det(I + h J)| ``[B]``, det ``[B]``); ``vx = v(x)``, x requiring grad."""
+    return barrier_logdet(batch_jacobian(vx, x, create_graph=True), h, delta)
+
+
 def logdet_trace(vx: torch.Tensor, x: torch.Tensor, h: float) -> torch.Tensor:
     """``h tr J`` with the exact trace (d vector-Jacobian products)."""
     return h * torch.diagonal(batch_jacobian(vx, x, create_graph=True), dim1=1, dim2=2).sum(-1)
+
+
+def rademacher(n_probes: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``[n_probes, *like.shape]`` of +-1 (like's dtype and device), drawn probe by probe on the
+    CPU generator (the draws of ``logdet_hutchinson``, in its order)."""
+    return torch.stack([torch.randint(0, 2, like.shape, generator=generator) * 2 - 1
+                        for _ in range(n_probes)]).to(like)
 
 
 def logdet_hutchinson(vx: torch.Tensor, x: torch.Tensor, h: float, n_probes: int,
@@ -71,6 +87,25 @@ def logdet_hutchinson(vx: torch.Tensor, x: torch.Tensor, h: float, n_probes: int
         g = torch.autograd.grad((vx * eps).sum(), x, create_graph=True)[0]
         est = est + _flat(g * eps).sum(-1)
     return h * est / n_probes
+
+
+def velocity_and_logdet(v, x: torch.Tensor, t: torch.Tensor, h: float, logdet: str,
+                        fold_delta: float | None, n_probes: int,
+                        generator: torch.Generator | None):
+    """``(v(x, t), log-det term [B], det [B] or None)`` in one forward-mode pass (no VJPs):
+    ``exact``/``trace`` from the full Jacobian (d tangents), ``hutchinson`` from ``J eps`` (one
+    tangent per probe, the probes of ``rademacher``). Same values as the reverse-mode
+    ``logdet_*`` (up to rounding), with the same barrier and the same probe draws."""
+    if logdet == "hutchinson":
+        probes = rademacher(n_probes, x, generator)
+        vx, Ju = velocity_jvp(v, x, t, probes)
+        quad = (probes * Ju).reshape(n_probes, x.shape[0], -1).sum(-1)
+        return vx, h * quad.sum(0) / n_probes, None
+    vx, J = forward_jacobian(v, x, t)
+    if logdet == "exact":
+        ld, det = barrier_logdet(J, h, fold_delta)
+        return vx, ld, det
+    return vx, h * torch.diagonal(J, dim1=1, dim2=2).sum(-1), None
 
 
 def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: str = "exact",
@@ -85,18 +120,23 @@ def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: 
     if logdet not in LOGDET_MODES:
         raise ValueError(f"regularizer.logdet: {logdet!r}; allowed: {', '.join(LOGDET_MODES)}")
     h = 1.0 / K
-    x = x.detach().requires_grad_(True)
     tk = k.to(x.dtype) / K
-    vx = v(x, tk)
+    if hasattr(v, "jvp"):
+        x = x.detach()
+        vx, ld, det = velocity_and_logdet(v, x, tk, h, logdet, fold_delta, n_probes, generator)
+    else:
+        x = x.detach().requires_grad_(True)
+        vx, det = v(x, tk), None
+        if logdet == "exact":
+            ld, det = logdet_exact(vx, x, h, fold_delta)
+        elif logdet == "trace":
+            ld = logdet_trace(vx, x, h)
+        else:
+            ld = logdet_hutchinson(vx, x, h, n_probes, generator)
     y = x + h * vx
     stats = {}
-    if logdet == "exact":
-        ld, det = logdet_exact(vx, x, h, fold_delta)
+    if det is not None:
         stats["folded"] = float((det <= 0).to(torch.float64).mean())
-    elif logdet == "trace":
-        ld = logdet_trace(vx, x, h)
-    else:
-        ld = logdet_hutchinson(vx, x, h, n_probes, generator)
     last = (k + 1) == K
     t_end = torch.where(last, torch.full_like(tk, 1.0 - eps), (k + 1).to(x.dtype) / K)
     scale = torch.where(last & rescale_end, torch.full_like(tk, 1.0 - eps), torch.ones_like(tk))
