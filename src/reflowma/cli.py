@@ -32,7 +32,11 @@ STAGE_INPUTS = {
 }
 # optional inputs: (flag, help)
 STAGE_OPTIONAL = {"evaluate": [("--classifier", "classifier model file (classifier.pt); "
-                                "required with fd_classifier: true")]}
+                                "required with fd_classifier: true")],
+                  "reflow": [("--time-of", "a student's metrics.json: train for its training "
+                              "seconds (sets train.time_budget_s; the equal-time control)"),
+                             ("--pace-of", "with --time-of: a control's metrics.json at equal "
+                              "steps; train.steps is planned from its seconds per step")]}
 STAGE_OUT = {"teacher": "output folder", "couplings": "output HDF5 file",
              "reflow": "output folder", "evaluate": "output JSON file",
              "classifier": "output folder"}
@@ -157,7 +161,14 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
 def _run_stage(args) -> dict:
     from reflowma.stages import classifier, couplings, evaluate, reflow, teacher
 
-    cfg = config.stage_config(args.stage, args.params, args.overrides)
+    overrides = list(args.overrides)
+    equal_time = {}
+    if args.stage == "reflow" and (args.time_of or args.pace_of):
+        if not args.time_of:
+            args.parser_error("--pace-of needs --time-of")
+        equal_time = _equal_time(args.time_of, args.pace_of)
+        overrides += equal_time["overrides"]
+    cfg = config.stage_config(args.stage, args.params, overrides)
     if args.print_config:
         import yaml
 
@@ -191,12 +202,37 @@ def _run_stage(args) -> dict:
     from reflowma.infra.tracking import recorded
     from reflowma.stages.common import data_sha256
 
-    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier")
+    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier",
+                                            "time_of", "pace_of")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
                              "world_size": distributed.world_size(),
-                             "data_sha256": data_sha256(cfg["data"])})
+                             "data_sha256": data_sha256(cfg["data"]),
+                             **({"equal_time": equal_time["info"]} if equal_time else {})})
+
+
+def _equal_time(time_of: str, pace_of: str | None) -> dict:
+    """The overrides of an equal-time control (``reflow.equal_time_overrides``) from the
+    metrics.json files named, and what the run record keeps of them."""
+    from reflowma.stages.reflow import EQUAL_TIME_MARGIN, equal_time_overrides
+
+    recs = {}
+    for flag, path in (("--time-of", time_of), ("--pace-of", pace_of)):
+        if path is None:
+            continue
+        try:
+            recs[flag] = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise config.InputError(f"{flag}: cannot read {path!r}: {e}") from None
+    try:
+        ov = equal_time_overrides(recs["--time-of"], recs.get("--pace-of"))
+    except KeyError as e:
+        raise config.InputError(f"--time-of/--pace-of: {e} missing in that metrics.json; "
+                                "give a reflow student's metrics.json") from None
+    info = {"time_of": time_of, "pace_of": pace_of, "margin": EQUAL_TIME_MARGIN,
+            **{".".join(k): v for k, v in ov}}
+    return {"overrides": ov, "info": info}
 
 
 def describe(params, overrides=()) -> dict:

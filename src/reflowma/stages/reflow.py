@@ -9,6 +9,7 @@ marginal-alignment regularizer (``regularizer.weight > 0``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +27,36 @@ from reflowma.stages.common import check_same_data, load_model
 from reflowma.training.loop import fit
 
 log = logging.getLogger(__name__)
+
+
+# An equal-time control plans margin x (budget / its pace) steps, so that in the usual case the
+# time budget, not the step count, ends it (with cosine decay the LR is then at 2 % of its peak:
+# 0.5 (1 + cos(pi / 1.1))); a control that runs faster than its pace ends by steps, and its
+# record says so (stopped_by).
+EQUAL_TIME_MARGIN = 1.1
+
+
+def train_seconds(metrics: dict) -> float:
+    """Training seconds of a student's ``metrics.json`` (``seconds`` in older records)."""
+    m = metrics.get("metrics", metrics)
+    return float(m["train_seconds"] if "train_seconds" in m else m["seconds"])
+
+
+def equal_time_overrides(time_of: dict, pace_of: dict | None = None,
+                         margin: float = EQUAL_TIME_MARGIN) -> list[tuple]:
+    """Overrides of an equal-time control: ``train.time_budget_s`` = the training seconds of
+    the student ``time_of`` (its ``metrics.json``); with ``pace_of`` (a control's record at
+    equal steps, whose seconds per step this run is expected to match) also ``train.steps`` =
+    ceil(margin * budget / pace), the span of the LR schedule."""
+    budget = train_seconds(time_of)
+    if not budget > 0:
+        raise InputError(f"--time-of: training seconds {budget!r} of that record are not > 0")
+    out = [(["train", "time_budget_s"], budget)]
+    if pace_of is not None:
+        m = pace_of.get("metrics", pace_of)
+        pace = train_seconds(pace_of) / int(m.get("steps_done", m["steps"]))
+        out.append((["train", "steps"], max(1, math.ceil(margin * budget / pace))))
+    return out
 
 
 def load_ends(couplings: Couplings, split: str, K: int) -> torch.Tensor:
@@ -93,7 +124,9 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
              reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
     fp = fingerprint(cfg, sha, C.attrs["times"])
     t0 = time.perf_counter()
-    ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log)
+    info = {}
+    ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log,
+                       info)
     seconds = time.perf_counter() - t0
     scale = {"world_size": ws, "batch_per_rank": local["train"]["batch_size"]}
     if not ddp.is_main():
@@ -104,9 +137,15 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
              "teacher_sha256": sha, "fingerprint": fp}
     ssha = save_model(out / "student.pt", "student", ema.state_dict(), smeta)
     (out / "state.pt").unlink(missing_ok=True)
-    metrics = {"heldout_tm_loss": heldout, "final_loss": history[-1]["loss"],
-               "steps": tr["steps"], "seconds": seconds,
-               "seconds_per_step": seconds / tr["steps"],
+    # steps: the planned count (the LR schedule's span); steps_done: those trained (fewer when
+    # a time budget ended the run); train_seconds: the step loop's time over all resumes
+    # (seconds: this process's, fit's set-up included)
+    metrics = {"heldout_tm_loss": heldout,
+               "final_loss": history[-1]["loss"] if history else float("nan"),
+               "steps": tr["steps"], "steps_done": info["steps_done"],
+               "train_seconds": info["train_seconds"], "time_budget_s": info["time_budget_s"],
+               "stopped_by": info["stopped_by"], "seconds": seconds,
+               "seconds_per_step": info["train_seconds"] / max(info["steps_done"], 1),
                "sha256": ssha, **scale}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
     log.info("reflow: held-out TM loss %.4f, wrote %s", heldout, out / "student.pt")
