@@ -34,9 +34,8 @@ STAGE_INPUTS = {
 STAGE_OPTIONAL = {"evaluate": [("--classifier", "classifier model file (classifier.pt); "
                                 "required with fd_classifier: true")],
                   "reflow": [("--time-of", "a student's metrics.json: train for its training "
-                              "seconds (sets train.time_budget_s; the equal-time control)"),
-                             ("--pace-of", "with --time-of: a control's metrics.json at equal "
-                              "steps; train.steps is planned from its seconds per step")]}
+                              "seconds (train.time_budget_s), with train.steps planned from "
+                              "this job's measured seconds per step (the equal-time control)")]}
 STAGE_OUT = {"teacher": "output folder", "couplings": "output HDF5 file",
              "reflow": "output folder", "evaluate": "output JSON file",
              "classifier": "output folder"}
@@ -163,10 +162,8 @@ def _run_stage(args) -> dict:
 
     overrides = list(args.overrides)
     equal_time = {}
-    if args.stage == "reflow" and (args.time_of or args.pace_of):
-        if not args.time_of:
-            args.parser_error("--pace-of needs --time-of")
-        equal_time = _equal_time(args.time_of, args.pace_of)
+    if args.stage == "reflow" and args.time_of:
+        equal_time = _equal_time(args.time_of)
         overrides += equal_time["overrides"]
     cfg = config.stage_config(args.stage, args.params, overrides)
     if args.print_config:
@@ -186,7 +183,8 @@ def _run_stage(args) -> dict:
     elif args.stage == "classifier":
         fn, attach = (lambda c, log: classifier.run(c, out, log)), [out / "metrics.json"]
     elif args.stage == "reflow":
-        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log)  # noqa: E731
+        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log,  # noqa: E731
+                                       plan_steps=bool(equal_time))
         attach = [out / "metrics.json"]
     else:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
@@ -203,7 +201,7 @@ def _run_stage(args) -> dict:
     from reflowma.stages.common import data_sha256
 
     inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier",
-                                            "time_of", "pace_of")
+                                            "time_of")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
@@ -212,27 +210,21 @@ def _run_stage(args) -> dict:
                              **({"equal_time": equal_time["info"]} if equal_time else {})})
 
 
-def _equal_time(time_of: str, pace_of: str | None) -> dict:
-    """The overrides of an equal-time control (``reflow.equal_time_overrides``) from the
-    metrics.json files named, and what the run record keeps of them."""
-    from reflowma.stages.reflow import EQUAL_TIME_MARGIN, equal_time_overrides
+def _equal_time(time_of: str) -> dict:
+    """An equal-time control's override, ``train.time_budget_s`` = the training seconds of the
+    student whose metrics.json ``time_of`` is, and what the run record keeps of it."""
+    from reflowma.stages.reflow import train_seconds
 
-    recs = {}
-    for flag, path in (("--time-of", time_of), ("--pace-of", pace_of)):
-        if path is None:
-            continue
-        try:
-            recs[flag] = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise config.InputError(f"{flag}: cannot read {path!r}: {e}") from None
     try:
-        ov = equal_time_overrides(recs["--time-of"], recs.get("--pace-of"))
-    except KeyError as e:
-        raise config.InputError(f"--time-of/--pace-of: {e} missing in that metrics.json; "
-                                "give a reflow student's metrics.json") from None
-    info = {"time_of": time_of, "pace_of": pace_of, "margin": EQUAL_TIME_MARGIN,
-            **{".".join(k): v for k, v in ov}}
-    return {"overrides": ov, "info": info}
+        budget = train_seconds(json.loads(Path(time_of).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise config.InputError(f"--time-of: {time_of!r} is not a readable student "
+                                f"metrics.json with its training seconds ({e!r})") from None
+    if not budget > 0:
+        raise config.InputError(f"--time-of: training seconds {budget!r} in {time_of!r} "
+                                "are not > 0")
+    return {"overrides": [(["train", "time_budget_s"], budget)],
+            "info": {"time_of": time_of, "time_budget_s": budget}}
 
 
 def describe(params, overrides=()) -> dict:

@@ -123,21 +123,15 @@ def classifier_input(wc):
     return f"{RESULTS}/classifier/{wc.dataset}/seed~{wc.seed}/classifier.pt"
 
 
-# Equal-time controls (grid `equal_time: true`): the reflow job of one reads the records of the
-# regularized student it is timed against and of that student's lam-0 control (its pace), so
-# both train first.
-EQUAL_TIME = {(p.dataset, p.seed, p.name): p.equal_time for p in POINTS if p.equal_time}
+# Equal-time controls (grid `equal_time: true`): the reflow job of one reads the record of the
+# regularized student it is timed against, so that student trains first.
+EQUAL_TIME = {(p.dataset, p.seed, p.name): p.equal_time[0] for p in POINTS if p.equal_time}
 
 
-def equal_time_input(which):
-    """Input function: the metrics.json of the regularized student (`time_of`) or of its
-    control (`pace_of`) of an equal-time control's reflow job (none for other points)."""
-    i = {"time_of": 0, "pace_of": 1}[which]
-
-    def inp(wc):
-        et = EQUAL_TIME.get((wc.dataset, int(wc.seed), wc.point))
-        if et is None:
-            return []
-        return f"{RESULTS}/students/{wc.dataset}/seed~{wc.seed}/{et[i]}/metrics.json"
-
-    return inp
+def equal_time_input(wc):
+    """Input function: the metrics.json of the regularized student that an equal-time
+    control's reflow job is timed against (none for other points)."""
+    reg = EQUAL_TIME.get((wc.dataset, int(wc.seed), wc.point))
+    if reg is None:
+        return []
+    return f"{RESULTS}/students/{wc.dataset}/seed~{wc.seed}/{reg}/metrics.json"

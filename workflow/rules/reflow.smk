@@ -5,8 +5,7 @@ rule reflow:
         params=config_input("reflow"),
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
-        time_of=equal_time_input("time_of"),  # equal-time controls only (grid equal_time)
-        pace_of=equal_time_input("pace_of"),
+        time_of=equal_time_input,  # equal-time controls only (grid equal_time: true)
     output:
         model=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/student.pt",
         metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
@@ -17,8 +16,7 @@ rule reflow:
         nproc=nproc("reflow"),
         omp=res("reflow", "threads", 1),
         out=lambda wc, output: str(Path(output.model).parent),
-        equal_time=lambda wc, input: f"--time-of {input.time_of} --pace-of {input.pace_of}"
-        if input.time_of else "",
+        equal_time=lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "",
     conda:
         "../../environment.yml"
     threads: job_threads("reflow")

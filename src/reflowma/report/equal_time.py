@@ -137,7 +137,7 @@ def markdown(dataset: str, f: pd.DataFrame) -> str:
               "paired seeds, at NFE = K; p: paired t-test on the raw values "
               "(scipy.stats.ttest_rel); better/worse/n.s./untested as in claims.md.\n"
             + "- steps: steps trained (an equal-time control plans 1.1 × the regularized "
-              "student's seconds ÷ its control's seconds per step and stops when the "
-              "seconds are used up); train s: seconds in the training loop; means over "
-              "seeds.\n"
+              "student's seconds ÷ its own seconds per step, measured in its job before "
+              "training, and stops when the seconds are used up); train s: seconds in the "
+              "training loop; means over seeds.\n"
             + f"- {RULE}\n")
