@@ -165,3 +165,63 @@ def test_grid_equal_time_schema(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         rgrid.load_grid(str(path))
     assert e.value.field == "grid.equal_time" and "allowed: True, False" in str(e.value)
+
+
+def test_workflow_equal_time(tmp_path):
+    """A real Snakemake run of a tiny grid with ``equal_time: true`` (preset smoke, K = 1,
+    lam in {0, 0.1}, 2 seeds): each twin's reflow job starts after its regularized student's
+    ended, trains for about that student's training seconds, and the report has the table
+    with both comparisons."""
+    from reflowma.infra.runs import latest_completed, load_runs
+    from tests.test_workflow import snakemake
+
+    grid = {"datasets": ["8gaussians"], "seeds": [0, 1],
+            "axes": {"K": [1], "regularizer.weight": [0.0, 0.1], "window_start_weight": [1.0]},
+            "equal_time": True}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    res = snakemake(tmp_path, "--cores", "2", "--config", "preset=smoke",
+                    f"grid={tmp_path / 'g.yaml'}", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    root = tmp_path / "results/smoke"
+    runs = load_runs(root / "runs")
+    rf = latest_completed(runs, "reflow").set_index("job")
+    reg, twin = "K~1/lam~0.1/ws~1.0", "K~1/lam~0.0/ws~1.0/budget~time_of_lam_0.1"
+    for seed in (0, 1):
+        r, t = rf.loc[f"reflow/8gaussians/seed~{seed}/{reg}"], rf.loc[
+            f"reflow/8gaussians/seed~{seed}/{twin}"]
+        assert t["start_time"] >= r["stop_time"]  # the DAG: regularized reflow -> twin
+        rm = json.loads((root / f"students/8gaussians/seed~{seed}/{reg}/metrics.json")
+                        .read_text())["metrics"]
+        tm = json.loads((root / f"students/8gaussians/seed~{seed}/{twin}/metrics.json")
+                        .read_text())["metrics"]
+        assert rm["time_budget_s"] is None and rm["steps_done"] == rm["steps"] == 40
+        assert tm["time_budget_s"] == rm["train_seconds"]  # read at job time, exactly
+        assert t["config"]["train"]["time_budget_s"] == rm["train_seconds"]  # recorded
+        assert tm["steps"] == tm["time_plan"]["steps"] >= tm["steps_done"]
+        budget, per_step = tm["time_budget_s"], tm["seconds_per_step"]
+        print(f"seed {seed}: budget {budget:.3f} s, twin {tm['train_seconds']:.3f} s, "
+              f"{tm['steps_done']}/{tm['steps']} steps ({tm['stopped_by']}), planned at "
+              f"{tm['time_plan']['pace_s_per_step']:.4f} s/step, ran {per_step:.4f} s/step")
+        # Over: the loop stops at the first step boundary at or past the budget, so by at most
+        # one step (3 allow for a step slowed by the shared cores). Under: only when it ran its
+        # planned 1.1 x budget / pace steps faster than the pace measured just before in the
+        # same process; half the budget would need a 2.2x speed-up.
+        assert tm["train_seconds"] <= budget + 3 * per_step
+        if tm["stopped_by"] == "time_budget":
+            assert tm["train_seconds"] >= budget
+        assert tm["train_seconds"] >= 0.5 * budget
+    md = (root / "report/tables/8gaussians_equal_time.md").read_text()
+    for col in ("vs control", "vs equal time", "at equal steps", "at equal time",
+                "worth its cost?", "train s (λ / control / equal time)"):
+        assert col in md
+    assert f"| {reg} " in md and twin in md
+    assert "8gaussians, regularizer vs control at equal steps and at equal time" in (
+        root / "report/tables/all.md").read_text()
+    et = json.loads((root / "report/equal_time.json").read_text())
+    (pt,) = et["points"]
+    assert (pt["method"], pt["control"], pt["equal_time"]) == (reg, "K~1/lam~0.0/ws~1.0", twin)
+    assert pt["worth_its_cost"] in ("yes", "no", "mixed")  # 2 seeds: tested
+    w2 = {k: {r["metric"]: r for r in pt[k]["metrics"]}["w2_paired_teacher"]
+          for k in ("equal_steps", "equal_time_test")}
+    assert all(r["seeds"] == [0, 1] and r["p"] is not None for r in w2.values())
+    assert pt["costs"]["equal_time"]["n"] == 2

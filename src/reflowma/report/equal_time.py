@@ -41,22 +41,27 @@ ANSWER = {CL.SUPPORTED: "yes", CL.NOT_SUPPORTED: "no", CL.MIXED: "mixed",
 
 
 def arm_costs(runs: pd.DataFrame, dataset: str, method: str) -> dict:
-    """Mean over seeds of the steps trained and the training seconds of one point's reflow
-    runs (``steps_done``/``train_seconds``; ``steps``/``seconds`` in older records)."""
+    """Mean over seeds of the steps trained, the steps planned and the training seconds of one
+    point's reflow runs (``steps_done``/``train_seconds``; ``steps``/``seconds`` in older
+    records), and how many runs ended by steps or by their time budget."""
     rf = latest_completed(runs, "reflow")
     rf = rf[(rf["dataset"] == dataset) & (rf["point"] == method)]
-    steps, secs, ids = [], [], []
+    steps, planned, secs, ids, ended = [], [], [], [], {}
     for r in rf.itertuples():
         res = r.result if isinstance(r.result, dict) else {}
         steps.append(C.num(res.get("steps_done", res.get("steps"))))
+        planned.append(C.num(res.get("steps")))
         secs.append(C.num(res.get("train_seconds", res.get("seconds"))))
         ids.append(int(r.run_id))
+        by = res.get("stopped_by", "steps")
+        ended[by] = ended.get(by, 0) + 1
 
     def mean(v):
         v = [x for x in v if not np.isnan(x)]
         return float(np.mean(v)) if v else math.nan
 
-    return {"steps": mean(steps), "seconds": mean(secs), "n": len(ids), "run_ids": ids}
+    return {"steps": mean(steps), "planned_steps": mean(planned), "seconds": mean(secs),
+            "n": len(ids), "run_ids": ids, "stopped_by": ended}
 
 
 def comparisons(runs: pd.DataFrame, methods_by_dataset: dict) -> list[dict]:
@@ -101,6 +106,14 @@ def _arms(cost: dict, key: str) -> str:
                       for a in ("method", "control", "equal_time"))
 
 
+def _ended(cost: dict) -> str:
+    """``133.5; time_budget 2/2``: the equal-time control's planned steps and how its runs
+    ended (by steps: it ran faster than the pace it planned with)."""
+    n = sum(cost["stopped_by"].values())
+    return f"{cost['planned_steps']:.4g}; " + ", ".join(
+        f"{k} {v}/{n}" for k, v in sorted(cost["stopped_by"].items()))
+
+
 def frame(comps: list[dict]) -> pd.DataFrame:
     """The table: one row per regularized point, the arms' costs, the relative change (%) of
     each claim metric against each control with its paired p and outcome, both verdicts and
@@ -110,7 +123,8 @@ def frame(comps: list[dict]) -> pd.DataFrame:
         cost = c["costs"]
         row = {"dataset": c["dataset"], "method": c["method"], "control": c["control"] or "–",
                "equal-time control": c["equal_time"], "steps (λ / control / equal time)":
-               _arms(cost, "steps"), "train s (λ / control / equal time)": _arms(cost, "seconds")}
+               _arms(cost, "steps"), "train s (λ / control / equal time)": _arms(cost, "seconds"),
+               "equal time: planned steps, ended by": _ended(cost["equal_time"])}
         steps = {r["metric"]: r for r in (c["equal_steps"] or {}).get("metrics", [])}
         eqt = {r["metric"]: r for r in c["equal_time_test"]["metrics"]}
         for m in spec.CLAIM_METRICS:
