@@ -15,7 +15,7 @@ import torch
 from reflowma import cli
 from reflowma.infra.storage.atomic import sha256
 
-TIMING = ("seconds", "seconds_per_step")
+TIMING = ("seconds", "seconds_per_step", "train_seconds")
 
 
 @pytest.fixture(autouse=True, scope="module")

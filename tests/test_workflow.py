@@ -119,6 +119,7 @@ BAD = [  # (what is edited, where, the field the message must name)
     ("preset", {"couplings": {"solver": "rk5"}}, "couplings.solver"),
     ("preset", {"resources": {"teacher": {"memory": 3}}}, "preset.resources.teacher.memory"),
     ("preset", {"evaluat": {}}, "preset.evaluat"),
+    ("grid", {"equal_time": True}, "grid.equal_time"),  # no regularized point to time
 ]
 
 

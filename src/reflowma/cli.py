@@ -32,7 +32,10 @@ STAGE_INPUTS = {
 }
 # optional inputs: (flag, help)
 STAGE_OPTIONAL = {"evaluate": [("--classifier", "classifier model file (classifier.pt); "
-                                "required with fd_classifier: true")]}
+                                "required with fd_classifier: true")],
+                  "reflow": [("--time-of", "a student's metrics.json: train for its training "
+                              "seconds (train.time_budget_s), with train.steps planned from "
+                              "this job's measured seconds per step (the equal-time control)")]}
 STAGE_OUT = {"teacher": "output folder", "couplings": "output HDF5 file",
              "reflow": "output folder", "evaluate": "output JSON file",
              "classifier": "output folder"}
@@ -157,7 +160,12 @@ def build_parser(params: str = "toy") -> argparse.ArgumentParser:
 def _run_stage(args) -> dict:
     from reflowma.stages import classifier, couplings, evaluate, reflow, teacher
 
-    cfg = config.stage_config(args.stage, args.params, args.overrides)
+    overrides = list(args.overrides)
+    equal_time = {}
+    if args.stage == "reflow" and args.time_of:
+        equal_time = _equal_time(args.time_of)
+        overrides += equal_time["overrides"]
+    cfg = config.stage_config(args.stage, args.params, overrides)
     if args.print_config:
         import yaml
 
@@ -175,7 +183,8 @@ def _run_stage(args) -> dict:
     elif args.stage == "classifier":
         fn, attach = (lambda c, log: classifier.run(c, out, log)), [out / "metrics.json"]
     elif args.stage == "reflow":
-        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log)  # noqa: E731
+        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log,  # noqa: E731
+                                       plan_steps=bool(equal_time))
         attach = [out / "metrics.json"]
     else:
         fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
@@ -191,12 +200,31 @@ def _run_stage(args) -> dict:
     from reflowma.infra.tracking import recorded
     from reflowma.stages.common import data_sha256
 
-    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier")
+    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier",
+                                            "time_of")
               if getattr(args, k, None)}
     return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
                     attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
                              "world_size": distributed.world_size(),
-                             "data_sha256": data_sha256(cfg["data"])})
+                             "data_sha256": data_sha256(cfg["data"]),
+                             **({"equal_time": equal_time["info"]} if equal_time else {})})
+
+
+def _equal_time(time_of: str) -> dict:
+    """An equal-time control's override, ``train.time_budget_s`` = the training seconds of the
+    student whose metrics.json ``time_of`` is, and what the run record keeps of it."""
+    from reflowma.stages.reflow import train_seconds
+
+    try:
+        budget = train_seconds(json.loads(Path(time_of).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise config.InputError(f"--time-of: {time_of!r} is not a readable student "
+                                f"metrics.json with its training seconds ({e!r})") from None
+    if not budget > 0:
+        raise config.InputError(f"--time-of: training seconds {budget!r} in {time_of!r} "
+                                "are not > 0")
+    return {"overrides": [(["train", "time_budget_s"], budget)],
+            "info": {"time_of": time_of, "time_budget_s": budget}}
 
 
 def describe(params, overrides=()) -> dict:

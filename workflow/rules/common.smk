@@ -135,3 +135,17 @@ def report_figure(folder, f):
         subcategory=f["dataset"],
         labels={"dataset": f["dataset"], "figure": f["stem"]},
     )
+
+
+# Equal-time controls (grid `equal_time: true`): the reflow job of one reads the record of the
+# regularized student it is timed against, so that student trains first.
+EQUAL_TIME = {(p.dataset, p.seed, p.name): p.equal_time[0] for p in POINTS if p.equal_time}
+
+
+def equal_time_input(wc):
+    """Input function: the metrics.json of the regularized student that an equal-time
+    control's reflow job is timed against (none for other points)."""
+    reg = EQUAL_TIME.get((wc.dataset, int(wc.seed), wc.point))
+    if reg is None:
+        return []
+    return f"{RESULTS}/students/{wc.dataset}/seed~{wc.seed}/{reg}/metrics.json"

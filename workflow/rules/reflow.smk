@@ -5,6 +5,7 @@ rule reflow:
         params=config_input("reflow"),
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
+        time_of=equal_time_input,  # equal-time controls only (grid equal_time: true)
     output:
         model=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/student.pt",
         metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
@@ -20,8 +21,9 @@ rule reflow:
         nproc=nproc("reflow"),
         omp=res("reflow", "threads", 1),
         out=lambda wc, output: str(Path(output.model).parent),
+        equal_time=lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "",
     shell:
         job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"
-        " --teacher {input.teacher} --out {params.out}"
+        " --teacher {input.teacher} --out {params.out} {params.equal_time}"
         " --runs {params.runs}"
         " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

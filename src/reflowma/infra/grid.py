@@ -5,7 +5,9 @@ its points are the Cartesian product minus ``exclude``. A point is named in path
 ``alias~value`` segments in axis order (``K~2/lam~0.1/logdet~exact/ws~1.0``). Every point's
 reflow config is validated before any job starts. ``write_if_changed`` writes each job's fully
 resolved stage config only when its content changes, so Snakemake reruns exactly the jobs whose
-config changed (the resolved config file is the job's input).
+config changed (the resolved config file is the job's input). ``equal_time: true`` adds, per
+regularized point, an equal-time control (``equal_time_twins``): the lam-0 control's training,
+for the regularized student's measured seconds (its reflow job reads that student's record).
 """
 
 from __future__ import annotations
@@ -37,6 +39,81 @@ class Point:
     seed: int
     fields: tuple  # ((dotted field, value), ...) in axis order
     name: str = field(compare=False)
+    # an equal-time control: (the regularized point's name, its lam-0 control's name)
+    equal_time: tuple | None = None
+
+
+WEIGHT = "regularizer.weight"
+BUDGET_KEY, BUDGET_PREFIX = "budget", "time_of_lam_"
+
+
+def is_regularizer_field(key: str) -> bool:
+    """Fields that only matter when the regularizer is on (as the report's matching)."""
+    return key.startswith("regularizer.")
+
+
+def control_of(pt: Point, points) -> Point | None:
+    """The lam-0 control of a regularized point among ``points``: same dataset, seed and every
+    field but the regularizer's; among several, the one sharing most regularizer settings
+    (the report's ``stats.baseline_of`` on names)."""
+    d = dict(pt.fields)
+    best, score = None, -1
+    for q in points:
+        e = dict(q.fields)
+        if (q.equal_time or (q.dataset, q.seed) != (pt.dataset, pt.seed) or set(e) != set(d)
+                or e.get(WEIGHT) != 0):
+            continue
+        if any(e[k] != d[k] for k in d if not is_regularizer_field(k)):
+            continue
+        sc = sum(e[k] == d[k] for k in d if is_regularizer_field(k) and k != WEIGHT)
+        if sc > score:
+            best, score = q, sc
+    return best
+
+
+def point_name(fields) -> str:
+    """A point's name in paths: ``alias~value`` segments in axis order."""
+    return "/".join(f"{ALIASES.get(k, k)}~{fmt(v)}" for k, v in fields)
+
+
+def equal_time_point(pt: Point, ctrl: Point) -> Point:
+    """The equal-time control of regularized point ``pt`` (lam-0 control ``ctrl``): ``pt``'s
+    fields with the control's lam (the regularizer is off, so its other settings change
+    nothing in training), named ``K~2/lam~0.0/ws~1.0/budget~time_of_lam_0.1`` (the lam it is
+    timed against: unique per regularized point)."""
+    w0 = dict(ctrl.fields)[WEIGHT]
+    fields = tuple((k, w0 if k == WEIGHT else v) for k, v in pt.fields)
+    name = f"{point_name(fields)}/{BUDGET_KEY}~{BUDGET_PREFIX}{fmt(dict(pt.fields)[WEIGHT])}"
+    return Point(pt.dataset, pt.seed, fields, name, (pt.name, ctrl.name))
+
+
+def equal_time_of(name: str) -> str | None:
+    """The regularized point an equal-time control's name is timed against (None for any
+    other name): ``K~2/lam~0.0/ws~1.0/budget~time_of_lam_0.1`` -> ``K~2/lam~0.1/ws~1.0``."""
+    segs = name.split("/")
+    key, _, val = segs[-1].partition("~")
+    if key != BUDGET_KEY or not val.startswith(BUDGET_PREFIX):
+        return None
+    lam = ALIASES[WEIGHT]
+    return "/".join(f"{lam}~{val[len(BUDGET_PREFIX):]}" if s.split("~", 1)[0] == lam else s
+                    for s in segs[:-1])
+
+
+def equal_time_twins(points: list[Point]) -> list[Point]:
+    """``equal_time: true``: one equal-time control per regularized point (``equal_time``
+    names the regularized point and its control, whose records plan its training)."""
+    out = []
+    for pt in points:
+        if not dict(pt.fields).get(WEIGHT, 0) > 0:
+            continue
+        ctrl = control_of(pt, points)
+        if ctrl is None:
+            raise config.ConfigError("grid.equal_time", f"true needs a lam-0 control of every "
+                                     f"regularized point; {pt.dataset}/seed~{pt.seed}/{pt.name} "
+                                     f"has none (add 0.0 to {WEIGHT} or drop the exclude that "
+                                     "removes it); allowed: false, or a grid with controls")
+        out.append(equal_time_point(pt, ctrl))
+    return out
 
 
 @cache
@@ -172,10 +249,17 @@ def expand(grid: dict) -> list[Point]:
                 d = dict(fields)
                 if any(all(d.get(k) == v for k, v in e.items()) for e in excl):
                     continue
-                name = "/".join(f"{ALIASES.get(k, k)}~{fmt(v)}" for k, v in fields)
+                name = point_name(fields)
                 points.append(Point(dataset, int(seed), fields, name))
     if not points:
         raise config.ConfigError("grid.exclude", "excludes every point: the grid is empty")
+    if grid.get("equal_time"):
+        vals = grid["axes"].get(WEIGHT, [])
+        if not any(isinstance(v, int | float) and v > 0 for v in vals):
+            raise config.ConfigError("grid.equal_time", f"true needs an axis {WEIGHT} with a "
+                                     "value > 0 (and 0.0 for the control); allowed: false, or "
+                                     "such an axis")
+        points += equal_time_twins(points)
     return points
 
 

@@ -13,7 +13,10 @@
   DVC metrics: ``render.headline``); ``plots/nfe.csv`` for ``dvc plots``;
 * ``missing.json``: expected jobs with no completed run and why;
 * ``claims.md`` and ``claims.json``: each claim of the paper, its evidence and a computed
-  verdict (``reflowma.report.claims``).
+  verdict (``reflowma.report.claims``);
+* grids with ``equal_time: true``: ``tables/<dataset>_equal_time.{md,csv}`` (also in all.md)
+  and ``equal_time.json``: each regularized point against its control at equal steps and at
+  equal time, and whether the regularizer is worth its cost (``reflowma.report.equal_time``).
 
 Modules: ``collect`` (records -> long rows), ``stats`` (mean ± std, t-intervals, paired
 tests), ``tables`` (rows -> Table frames), ``render`` (Markdown, LaTeX, CSV, flat metrics),
@@ -105,6 +108,26 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
                         + (f" ({m['upstream']})" if m.get("upstream") else "")
                         + (f" — {m['error']}" if m.get("error") else "") + "\n"
                         for m in missing[:50]))
+    methods = {}  # every method of a dataset, over all its tables (its teacher table has none)
+    for t in tables:
+        if not t.effects:
+            for m in t.frame.loc[t.frame["kind"] == "method", "method"]:
+                if m not in methods.setdefault(t.dataset, []):
+                    methods[t.dataset].append(m)
+    from reflowma.report import equal_time as ET
+
+    eqt = ET.comparisons(runs, methods)  # grids with equal_time: true
+    if eqt:
+        ef = ET.frame(eqt)
+        for ds in C.unique(ef["dataset"]):
+            f = ef[ef["dataset"] == ds]
+            stem = R.file_stem(f"{ds}/equal_time")
+            md = ET.markdown(ds, f)
+            _write_text(tdir / f"{stem}.md", md)
+            _write_text(tdir / f"{stem}.csv", f.to_csv(index=False))
+            written += [tdir / f"{stem}.md", tdir / f"{stem}.csv"]
+            md_all.append(md)
+        write_json(out_dir / "equal_time.json", _jsonable({"rule": ET.RULE, "points": eqt}))
     commits = sorted({c for c in runs["commit"].dropna()})
     if commits:
         dirty = bool(runs["dirty"].fillna(False).astype(bool).any())
@@ -121,12 +144,6 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     write_json(out_dir / "missing.json", missing)
     from reflowma.report import claims as CL
 
-    methods = {}  # every method of a dataset, over all its tables (its teacher table has none)
-    for t in tables:
-        if not t.effects:
-            for m in t.frame.loc[t.frame["kind"] == "method", "method"]:
-                if m not in methods.setdefault(t.dataset, []):
-                    methods[t.dataset].append(m)
     cl = CL.build(runs, methods, counterexample, counterexample_source)
     write_json(out_dir / "claims.json", _jsonable(cl))
     _write_text(out_dir / "claims.md", CL.markdown(

@@ -8,7 +8,9 @@ marginal-alignment regularizer (``regularizer.weight > 0``).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +28,55 @@ from reflowma.stages.common import check_same_data, load_model
 from reflowma.training.loop import fit
 
 log = logging.getLogger(__name__)
+
+
+# An equal-time control plans margin x (budget / its own pace) steps, so that in the usual case
+# the time budget, not the step count, ends it (with cosine decay the LR is then at 2 % of its
+# peak: 0.5 (1 + cos(pi / 1.1))); one that runs faster than its measured pace ends by steps, and
+# its record says so (stopped_by).
+EQUAL_TIME_MARGIN = 1.1
+PACE_STEPS = 10  # timed steps of the pace measurement, after PACE_WARMUP untimed ones
+PACE_WARMUP = 2
+PLAN_FILE = "time_plan.json"
+
+
+def train_seconds(metrics: dict) -> float:
+    """Training seconds of a student's ``metrics.json`` (``seconds`` in older records)."""
+    m = metrics.get("metrics", metrics)
+    return float(m["train_seconds"] if "train_seconds" in m else m["seconds"])
+
+
+def planned_steps(budget_s: float, pace_s: float, margin: float = EQUAL_TIME_MARGIN) -> int:
+    """Steps a time-budgeted run plans (the span of its LR schedule): ceil(margin * budget /
+    seconds per step), at least 1."""
+    return max(1, math.ceil(margin * budget_s / pace_s))
+
+
+def measure_pace(model, loss_fn, tr: dict, seed: int, steps: int = PACE_STEPS,
+                 warmup: int = PACE_WARMUP) -> float:
+    """Seconds per optimizer step of ``loss_fn`` (forward, backward, clipping, Adam) on a
+    throwaway copy of ``model`` with a generator of its own: the run's weights and random
+    stream are untouched. The first ``warmup`` steps (lazy initialisation) are not timed."""
+    import copy
+
+    from reflowma.training.loop import autocast
+
+    m = copy.deepcopy(model)
+    opt = torch.optim.Adam(m.parameters(), lr=tr["lr"])
+    g = generator(seed, "reflow-pace")
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with autocast(tr.get("amp", "none"), m):
+            loss, _ = loss_fn(m, i, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tr["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), tr["grad_clip"])
+        opt.step()
+    float(loss.detach())  # waits for the device
+    return (time.perf_counter() - t0) / steps
 
 
 def load_ends(couplings: Couplings, split: str, K: int) -> torch.Tensor:
@@ -63,8 +114,34 @@ def check_inputs(cfg, couplings_path, teacher_path, dev):
     return teacher, meta, sha, C, ends
 
 
-def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
-    """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir."""
+def time_plan(out: Path, budget_s: float, pace) -> dict:
+    """The step plan of a time-budgeted run: ``{"time_budget_s", "pace_s_per_step", "steps",
+    "margin"}``, measured once (``pace()``) and kept in ``out/time_plan.json``, so that a
+    resumed run keeps its plan (and its resume state's fingerprint)."""
+    path = out / PLAN_FILE
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        if plan.get("time_budget_s") == budget_s and plan.get("margin") == EQUAL_TIME_MARGIN:
+            return plan
+    pace_s = pace()
+    if ddp.world_size() > 1:  # every rank plans the same steps
+        pace_s = ddp.all_reduce([pace_s], "max")[0]
+    plan = {"time_budget_s": budget_s, "pace_s_per_step": pace_s, "margin": EQUAL_TIME_MARGIN,
+            "steps": planned_steps(budget_s, pace_s)}
+    if ddp.is_main():
+        write_json(path, plan)
+    log.info("time plan: budget %.3g s at %.3g s/step -> %d steps", budget_s, pace_s,
+             plan["steps"])
+    return plan
+
+
+def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
+        plan_steps: bool = False) -> dict:
+    """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir.
+
+    ``plan_steps`` with ``train.time_budget_s`` set (an equal-time control): ``train.steps``
+    is replaced by ``planned_steps`` of the budget and this job's own measured pace
+    (``measure_pace``), recorded as ``metrics.time_plan``."""
     out = Path(out_dir)
     dev = device(cfg["device"])
     ddp.init(dev)
@@ -91,9 +168,19 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
              K, N, cfg["window_start_weight"], reg["weight"],
              reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
+    plan = None
+    if plan_steps and tr.get("time_budget_s"):
+        plan = time_plan(out, tr["time_budget_s"], lambda: measure_pace(
+            student, loss_fn, tr, cfg["seed"]))
+        tr = {**tr, "steps": plan["steps"]}
+        cfg = {**cfg, "train": tr}
+        loss_fn = objectives.build(local | {"train": {**local["train"], "steps": tr["steps"]}},
+                                   objectives.Context(ends, K, dev, teacher, tr["steps"]))
     fp = fingerprint(cfg, sha, C.attrs["times"])
     t0 = time.perf_counter()
-    ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log)
+    info = {}
+    ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log,
+                       info)
     seconds = time.perf_counter() - t0
     scale = {"world_size": ws, "batch_per_rank": local["train"]["batch_size"]}
     if not ddp.is_main():
@@ -104,10 +191,17 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None) -> dict:
              "teacher_sha256": sha, "fingerprint": fp}
     ssha = save_model(out / "student.pt", "student", ema.state_dict(), smeta)
     (out / "state.pt").unlink(missing_ok=True)
-    metrics = {"heldout_tm_loss": heldout, "final_loss": history[-1]["loss"],
-               "steps": tr["steps"], "seconds": seconds,
-               "seconds_per_step": seconds / tr["steps"],
-               "sha256": ssha, **scale}
+    (out / PLAN_FILE).unlink(missing_ok=True)
+    # steps: the planned count (the LR schedule's span); steps_done: those trained (fewer when
+    # a time budget ended the run); train_seconds: the step loop's time over all resumes
+    # (seconds: this process's, fit's set-up included)
+    metrics = {"heldout_tm_loss": heldout,
+               "final_loss": history[-1]["loss"] if history else float("nan"),
+               "steps": tr["steps"], "steps_done": info["steps_done"],
+               "train_seconds": info["train_seconds"], "time_budget_s": info["time_budget_s"],
+               "stopped_by": info["stopped_by"], "seconds": seconds,
+               "seconds_per_step": info["train_seconds"] / max(info["steps_done"], 1),
+               "sha256": ssha, **scale, **({"time_plan": plan} if plan else {})}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
     log.info("reflow: held-out TM loss %.4f, wrote %s", heldout, out / "student.pt")
     return metrics

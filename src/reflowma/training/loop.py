@@ -8,6 +8,12 @@ and raise ``Interrupted``. A rerun with the same fingerprint resumes from that s
 bit-identical (on CPU) to an uninterrupted run: model, optimizer, EMA, generator and history
 are all restored.
 
+A time budget (``train.time_budget_s``, absent or null = off) ends training at the first step
+boundary where the training time so far (summed over resumes, saved in the state) has reached
+it; the learning-rate schedule still runs over ``train.steps``. Unlike the step count, where a
+budget ends a run depends on the machine's speed: ``info`` records the steps done, the seconds
+and what stopped the run.
+
 Under torchrun (``infra.distributed``) each rank draws its own share of the batch from its own
 generator; gradients are averaged across ranks before clipping, logged losses are rank means,
 ranks agree on a preemption at the same step, and rank 0 alone writes the state (holding every
@@ -60,12 +66,20 @@ def autocast(mode: str, model: torch.nn.Module):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def budget_reached(seconds: float, budget: float | None) -> bool:
+    """Whether ``seconds`` of training have used up a time budget (None: no budget)."""
+    return budget is not None and seconds >= budget
+
+
 def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
-        state_path: str | Path, fingerprint: str, desc: str = "train", on_log=None):
+        state_path: str | Path, fingerprint: str, desc: str = "train", on_log=None,
+        info: dict | None = None):
     """Train ``model`` in place; return ``(ema_model, history)``.
 
     ``loss_fn(model, step, generator) -> (loss, extras)``; ``extras`` is a dict of floats that
-    is logged every ``log_every`` steps with the loss and learning rate.
+    is logged every ``log_every`` steps with the loss and learning rate. ``info`` (a dict, if
+    given) receives ``steps_done``, ``train_seconds`` (the time inside the step loop, summed
+    over resumes), ``time_budget_s`` and ``stopped_by`` (``"steps"`` or ``"time_budget"``).
     """
     state_path = Path(state_path)
     ws, rank = ddp.world_size(), ddp.rank()
@@ -74,7 +88,8 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     ema = copy.deepcopy(model).requires_grad_(False)
     history: list[dict] = []
-    start = 0
+    start, spent = 0, 0.0  # steps done and training seconds of earlier (interrupted) runs
+    budget = cfg.get("time_budget_s")
     if ddp.is_main():
         atomic.sweep_stale(state_path)  # temporary files of a writer that was killed outright
     ddp.barrier()
@@ -86,10 +101,14 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             opt.load_state_dict(st["optimizer"])
             generator.set_state(st["generators"][rank] if ws > 1 else st["generator"])
             history, start = list(st["history"]), int(st["step"])
+            spent = float(st.get("train_seconds", 0.0))
             log.info("resuming %s from step %d (%s)", desc, start, state_path)
         else:
             log.warning("ignoring %s: made with another config", state_path)
     ddp.broadcast_params(model)
+
+    def elapsed():
+        return spent + time.perf_counter() - t0
 
     def save_state(step):
         if ws > 1:  # a collective: every rank sends its generator, rank 0 writes
@@ -98,20 +117,30 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 checkpoint.save(state_path, {
                     "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                     "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                    "generators": gens, "world_size": ws, "history": history})
+                    "generators": gens, "world_size": ws, "history": history,
+                    "train_seconds": elapsed()})
             return
         checkpoint.save(state_path, {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
             "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "generator": generator.get_state(), "history": history})
+            "generator": generator.get_state(), "history": history,
+            "train_seconds": elapsed()})
 
     amp = autocast(cfg.get("amp", "none"), model)
     decay = cfg["ema_decay"]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
                mininterval=1.0, dynamic_ncols=True, disable=not ddp.is_main())
+    done, stopped_by, last = start, "steps", None
     with PreemptionSignals() as sig:
         for step in bar:
+            if budget is not None:
+                over = budget_reached(elapsed(), budget)
+                if ws > 1:  # every rank stops at the same step (rank 0's clock need not agree)
+                    over = bool(ddp.all_reduce([float(over)], "max")[0])
+                if over:
+                    stopped_by = "time_budget"
+                    break
             received = sig.received
             if ws > 1:  # every rank stops at the same step when any of them was signalled
                 received = int(ddp.all_reduce([received or 0], "max")[0]) or None
@@ -143,6 +172,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+            done = step + 1
             if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
                 row = {"step": step + 1, "loss": logged.item(), "lr": opt.param_groups[0]["lr"],
                        **{k: float(v) for k, v in extras.items()}}
@@ -150,8 +180,22 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 if on_log:
                     on_log(row)
+            else:  # kept in case a time budget ends the run before the next logged step
+                last = (step + 1, logged.detach(), extras, opt.param_groups[0]["lr"])
             if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["steps"]:
                 save_state(step + 1)
+    seconds = elapsed()
     bar.close()
-    log.info("%s: %d steps in %.1f s", desc, cfg["steps"] - start, time.perf_counter() - t0)
+    if stopped_by == "time_budget" and last is not None and last[0] == done:
+        step1, logged, extras, lr = last  # the last step's row, as a logged step has one
+        row = {"step": step1, "loss": logged.item(), "lr": lr,
+               **{k: float(v) for k, v in extras.items()}}
+        history.append(row)
+        if on_log:
+            on_log(row)
+    log.info("%s: %d steps in %.1f s%s", desc, done - start, time.perf_counter() - t0,
+             f" (time budget {budget:g} s reached)" if stopped_by == "time_budget" else "")
+    if info is not None:
+        info.update(steps_done=done, train_seconds=seconds, time_budget_s=budget,
+                    stopped_by=stopped_by)
     return ema, history
