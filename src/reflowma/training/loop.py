@@ -66,6 +66,16 @@ def autocast(mode: str, model: torch.nn.Module):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def compiled(model: torch.nn.Module, mode: str | None):
+    """The module the loss calls under ``train.compile``: ``model`` itself for ``none`` (or
+    absent), else ``torch.compile(model, mode=...)`` (``default``, ``reduce-overhead`` = CUDA
+    graphs, ``max-autotune``). Parameters are shared, so the optimizer, the EMA and every
+    checkpoint keep working on the plain module, and saved states do not depend on the mode."""
+    if mode in (None, "none"):
+        return model
+    return torch.compile(model, mode=mode)
+
+
 def budget_reached(seconds: float, budget: float | None) -> bool:
     """Whether ``seconds`` of training have used up a time budget (None: no budget)."""
     return budget is not None and seconds >= budget
@@ -127,6 +137,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             "train_seconds": elapsed()})
 
     amp = autocast(cfg.get("amp", "none"), model)
+    net = compiled(model, cfg.get("compile"))
     decay = cfg["ema_decay"]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
@@ -151,7 +162,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             for g in opt.param_groups:
                 g["lr"] = cfg["lr"] * lr_factor(step, cfg)
             with amp:
-                loss, extras = loss_fn(model, step, generator)
+                loss, extras = loss_fn(net, step, generator)
             if ws > 1:  # rank means: every rank sees the same loss, finite or not
                 names = list(extras)
                 vals = ddp.all_reduce([loss.item(), *(float(extras[k]) for k in names)], "mean")
