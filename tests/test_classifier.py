@@ -105,8 +105,9 @@ def test_fid_without_weights_fails_at_validation(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(config.INCEPTION_ENV, str(w))
     cfg = config.stage_config("evaluate", "mnist_smoke", ["fid=true"])
     assert config.inception_weights(cfg) == str(w)
-    with pytest.raises(NotImplementedError, match="evaluate.fid"):
-        ev.check_inception(cfg)
+    with pytest.raises(config.ConfigError) as e:  # Inception metrics need images
+        config.stage_config("evaluate", "smoke", ["fid=true"])
+    assert e.value.field == "evaluate.data.name"
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.stage_config("evaluate", "mnist_smoke", ["fid=true",
                                                         f"inception_weights={tmp_path}/no.pt"])

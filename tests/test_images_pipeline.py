@@ -181,3 +181,45 @@ def test_describe_prints_configs_and_parameter_counts(capsys):
     assert cli.main(["describe", "--params", "mnist", "reflow.K=2"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["teacher"]["n_params"] <= 1_000_000 and d["reflow"]["config"]["K"] == 2
+
+
+def test_inception_metrics_in_an_evaluation(smoke, tmp_path, tmp_path_factory):
+    """fid/kid/precision_recall through the evaluate CLI with a random-weights Inception file
+    (tests/test_inception.py writes it; the real loading path, no download): every sample set
+    and the data floor get them, eval.json records the weights and reference, and the
+    reference statistics are cached (a second opening reads the file)."""
+    from reflowma.infra.storage.atomic import content_sha256
+    from reflowma.stages import inception as stage_inc
+    from tests.test_inception import inception_python, random_weights
+
+    weights = random_weights(tmp_path_factory)
+    t, c = smoke / "teacher/mnist/seed~0/teacher.pt", smoke / "couplings/mnist/seed~0.h5"
+    s = smoke / "students/mnist/seed~0" / POINTS[0] / "student.pt"
+    out, cache = tmp_path / "eval.json", tmp_path / "cache"
+    over = ["nfe=[1]", "n_samples=4", "fd_classifier=false", "fid=true", "kid=true",
+            "precision_recall=true", f"inception_weights={weights}", "inception_ref_samples=4",
+            f"inception_cache={cache}", f"inception_python={inception_python()}",
+            "kid_subsets=2"]
+    t0 = time.perf_counter()
+    assert cli.main(["evaluate", "--params", "mnist_smoke", "--student", str(s), "--teacher",
+                     str(t), "--couplings", str(c), "--out", str(out), *over]) == 0
+    print(f"evaluate with Inception metrics (20 images): {time.perf_counter() - t0:.0f} s")
+    res = json.loads(out.read_text())
+    rows = [res["nfe"]["1"], res["teacher_euler"]["1"], res["teacher_ceiling"],
+            res["data_floor"]]
+    for r in rows:
+        assert r["fid"] >= 0 and np.isfinite(r["kid"]) and r["kid_std"] >= 0, r
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1, r
+    info = res["inception"]
+    assert info["weights_sha256"] == content_sha256(weights)
+    assert info["reference"]["n"] == 4 and not info["reference"]["cache_hit"]
+    assert info["kid"]["subset_size"] == 4 and info["precision_recall"] == {"k": 3}
+    cached = list(cache.glob("mnist-*.npz"))
+    assert [str(p) for p in cached] == [info["reference"]["cache"]]
+    cfg = config.stage_config("evaluate", "mnist_smoke", over)
+    again = stage_inc.open_reference(cfg, "cpu")  # starts the worker; no features computed
+    try:
+        assert again.info["reference"]["cache_hit"] and again.features.calls == 0
+        assert again.info["reference"]["key"] == info["reference"]["key"]
+    finally:
+        again.close()

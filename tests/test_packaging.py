@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # conda name -> pip name; None: not a Python package of ours (interpreter, installer, CUDA)
 CONDA_TO_PIP = {"pytorch": "torch", "python": None, "pip": None, "pytorch-cuda": None}
+# conda packages pinned as 'name=X.Y' (any X.Y.z build) against pip's '==X.Y.z'
+CONDA_PINNED = ("torch", "torchvision")
 IGNORED_PIP_LINES = {"-e .", "-e.", "."}  # the package itself
 
 
@@ -24,7 +26,8 @@ def _split(req: str) -> tuple[str, str]:
 def _pyproject() -> tuple[dict, dict]:
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     main = dict(_split(r) for r in proj["dependencies"])
-    test = dict(_split(r) for r in proj["optional-dependencies"]["test"])
+    extras = proj["optional-dependencies"]
+    test = dict(_split(r) for r in extras["test"] + extras["inception"])  # both in the env
     return main, test
 
 
@@ -70,10 +73,26 @@ def test_same_pins():
     _, conda, pip = _environment()
     for name, spec in pip.items():
         assert spec == {**main, **test}[name], name
-    # conda's torch pin is 'pytorch=2.13' (conda syntax, any 2.13.x CUDA build)
-    torch_conda = _pip_names(conda)["torch"]
-    assert torch_conda.startswith("=")
-    assert main["torch"].startswith("==" + torch_conda.lstrip("="))
+    # conda's torch pin is 'pytorch=2.13' (conda syntax, any 2.13.x CUDA build); same for
+    # torchvision (0.28, the release paired with torch 2.13)
+    for name in CONDA_PINNED:
+        spec = _pip_names(conda)[name]
+        assert spec.startswith("=")
+        assert {**main, **test}[name].startswith("==" + spec.lstrip("="))
+
+
+def test_inception_env_pins():
+    """The Makefile's .venv-inception installs the extra's torch-fidelity with a torchvision
+    whose release pairs with its torch (0.(N+15) with 2.N), and .venv's numpy."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith("INCEPTION_PINS"))
+    pins = dict(_split(p) for p in re.findall(r'"([^"]+)"', line))
+    main, test = _pyproject()
+    assert pins["torch-fidelity"] == test["torch-fidelity"]
+    assert pins["numpy"] == main["numpy"]
+    torch_minor = int(pins["torch"].split(".")[1])
+    assert pins["torchvision"].startswith(f"==0.{torch_minor + 15}.")
+    assert test["torchvision"].startswith(f"==0.{int(main['torch'].split('.')[1]) + 15}.")
 
 
 def test_environment_basics():

@@ -34,7 +34,8 @@ class Samples:
     (the teacher endpoints paired with ``y`` by z), ``data`` (independent data samples),
     for a student, its sampler map ``sampler(z)``, velocity ``v`` and time grid ``grid``, and
     ``fd`` (a ``frechet.FrechetReference``: a classifier's features and the statistics of
-    the reference set) where ``fd_classifier`` is on."""
+    the reference set) where ``fd_classifier`` is on, ``inception`` (an
+    ``inception.InceptionReference``) where an Inception metric is on."""
 
     y: object
     z: object
@@ -44,6 +45,7 @@ class Samples:
     v: Callable | None = None
     grid: object = None
     fd: object = None
+    inception: object = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Metric:
     ``record``: the run record whose result ``paths`` are read in: ``evaluate`` (eval.json) or
     ``reflow`` (the student's training record of the same grid job, e.g. its cost).
     ``needs``: attributes of ``Samples`` that must not be None for ``compute`` to run (the
-    metric is left out otherwise, e.g. ``fd`` when no classifier is configured)."""
+    metric is left out otherwise, e.g. ``fd`` when no classifier is configured); ``flag``: an
+    evaluate field that must be true for ``compute`` to run (e.g. ``kid``)."""
 
     key: str
     label: str
@@ -75,6 +78,7 @@ class Metric:
     note: str | None = None
     record: str = "evaluate"
     needs: tuple = ()
+    flag: str | None = None
 
     def __post_init__(self):
         if self.per not in ("nfe", "run", "window", "t"):
@@ -151,6 +155,28 @@ for _m in (
            "features of the samples and of the dataset's test split (the classifier stage; "
            "its test accuracy is the classifier accuracy column); data (floor): the "
            "evaluation's data draw of the same n."),
+    Metric("fid", "FID", "squared features", paths={**_sample("fid"), DATA_FLOOR: "data_floor.fid"},
+           compute=lambda s, c: s.inception.scores(s.y)["fid"], needs=("inception",),
+           flag="fid", figure=True, note="FID: the Fréchet distance in InceptionV3 pool "
+           "features (torch-fidelity, 2048-d) to the first inception_ref_samples images of the "
+           "training split; data (floor): the evaluation's data draw of the same n."),
+    Metric("kid", "KID", "MMD²", paths={**_sample("kid"), DATA_FLOOR: "data_floor.kid"},
+           compute=lambda s, c: s.inception.scores(s.y)["kid"], needs=("inception",),
+           flag="kid", note="KID: unbiased MMD² with the kernel (a·b/d + 1)³ in Inception "
+           "features, mean over kid_subsets random subsets (kid_std: their std)."),
+    Metric("kid_std", "KID std (subsets)", "MMD²", paths=_sample("kid_std"), tables=(),
+           compute=lambda s, c: s.inception.scores(s.y)["kid_std"], needs=("inception",),
+           flag="kid"),
+    Metric("precision", "precision (Inception k-NN)", "fraction", better="higher",
+           paths={**_sample("precision"), DATA_FLOOR: "data_floor.precision"},
+           compute=lambda s, c: s.inception.scores(s.y)["precision"], needs=("inception",),
+           flag="precision_recall", note="precision/recall: the fraction of samples inside "
+           "the reference's k-NN balls (k = 3) and of reference images inside the samples' "
+           "balls, in Inception features (Kynkäänniemi et al. 2019)."),
+    Metric("recall", "recall (Inception k-NN)", "fraction", better="higher",
+           paths={**_sample("recall"), DATA_FLOOR: "data_floor.recall"},
+           compute=lambda s, c: s.inception.scores(s.y)["recall"], needs=("inception",),
+           flag="precision_recall"),
     Metric("classifier_accuracy", "classifier accuracy (test)", "fraction", per="run",
            better="higher", paths={STUDENT: "classifier.test_accuracy"},
            note="classifier accuracy: test-split accuracy of the classifier whose features "
@@ -203,7 +229,8 @@ def sample_metrics(s: Samples, cfg: dict) -> dict:
     sampler only when ``s.sampler`` is given)."""
     return {m.key: m.compute(s, cfg) for _, m in METRICS.items()
             if m.compute is not None and (s.sampler is not None or not m.needs_sampler)
-            and all(getattr(s, a) is not None for a in m.needs)}
+            and all(getattr(s, a) is not None for a in m.needs)
+            and (m.flag is None or cfg.get(m.flag))}
 
 
 # --------------------------------------------------------------------------- reading

@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import sys
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -246,6 +247,8 @@ UNLABELLED_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals
                                  "images"})
 INCEPTION_METRICS = ("fid", "kid", "precision_recall")
 INCEPTION_ENV = "REFLOWMA_INCEPTION_WEIGHTS"
+INCEPTION_PYTHON_ENV = "REFLOWMA_INCEPTION_PYTHON"
+INCEPTION_VENV = ".venv-inception"  # `make inception-env` creates it in the project folder
 
 
 def _check_labelled_images(stage: str, data: dict) -> None:
@@ -267,6 +270,17 @@ def inception_weights(cfg: dict) -> str | None:
     return cfg.get("inception_weights") or os.environ.get(INCEPTION_ENV) or None
 
 
+def inception_python(cfg: dict) -> str:
+    """The interpreter of the Inception feature worker: ``inception_python``, else
+    ``$REFLOWMA_INCEPTION_PYTHON``, else ``.venv-inception/bin/python`` of the project folder
+    (next to ``params/``) where it exists, else this interpreter (a cluster's conda env)."""
+    explicit = cfg.get("inception_python") or os.environ.get(INCEPTION_PYTHON_ENV)
+    if explicit:
+        return str(explicit)
+    venv = params_dir().parent / INCEPTION_VENV / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
 def _check_inception(cfg: dict, check_files: bool) -> None:
     """fid/kid/precision_recall need a local Inception weights file: refused before any work
     without one (nothing is ever downloaded)."""
@@ -281,6 +295,14 @@ def _check_inception(cfg: dict, check_files: bool) -> None:
                           "metrics need the optional extra torch-fidelity, see README)")
     if check_files and not Path(path).is_file():
         raise ConfigError("evaluate.inception_weights", f"file {path!r} does not exist")
+    data = cfg["data"]
+    not_images = BUILTIN_DATASETS - IMAGE_DATASETS - {"digits"}
+    if data.get("layout") == "flat" or data["name"] in not_images or (
+            data["name"] == "digits" and data.get("layout") != "image"):
+        raise ConfigError("evaluate.data.name", f"{data['name']!r} (layout "
+                          f"{data.get('layout')!r}): evaluate.{wanted[0]} needs images "
+                          f"[C, H, W]: {', '.join(sorted(IMAGE_DATASETS))}, or digits with "
+                          "layout image")
 
 
 # The bundled datasets (tests/test_data_registry.py checks this against the registry): their

@@ -13,8 +13,11 @@ With ``fd_classifier: true`` (labelled image data; ``classifier_path`` from the 
 stage) every sample set also gets its Fréchet distance to the dataset's test split in the
 classifier's features (``data_floor`` too: the evaluation's own data draw against the test
 split), and eval.json's ``classifier`` section records that classifier's test accuracy and
-sha256 next to those numbers. ``fid``/``kid``/``precision_recall`` (torch-fidelity) are
-validated (they need a local Inception weights file) but not implemented yet.
+sha256 next to those numbers. ``fid``/``kid``/``precision_recall`` compare every sample set
+(and ``data_floor``) with the training split in InceptionV3 features (``stages.inception``:
+a worker process loads the local weights file before any other work; the reference is
+cached); eval.json's ``inception`` section records the weights' sha256, the worker's
+versions, the reference and the KID/precision-recall settings.
 """
 
 from __future__ import annotations
@@ -41,31 +44,14 @@ log = logging.getLogger(__name__)
 
 
 def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None,
-                   fd=None) -> dict:
+                   fd=None, inc=None) -> dict:
     """The sample metrics of ``reflowma.evaluation.spec`` (registration order) of ``y``."""
-    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid, fd),
-                               cfg)
-
-
-def check_inception(cfg: dict) -> None:
-    """fid/kid/precision_recall: refused before any work (validation already required the
-    weights file)."""
-    wanted = [m for m in ("fid", "kid", "precision_recall") if cfg.get(m)]
-    if wanted:
-        # TODO(inception): load torch-fidelity's FeatureExtractorInceptionV3 from
-        # config.inception_weights(cfg) (never a download), compute its features on the
-        # [-1, 1] -> uint8 samples per NFE and the statistics of the reference split, and
-        # register fid/kid/precision_recall in evaluation.spec like fd_classifier. Test it with
-        # a randomly initialised weights file of the same format (torch.save of the module's
-        # state_dict) so the loading path runs without the real weights.
-        raise NotImplementedError(
-            f"evaluate.{wanted[0]}: the torch-fidelity Inception metrics are not implemented in "
-            "this version (validation and configuration only); set it to false")
+    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid, fd,
+                                            inc), cfg)
 
 
 def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         classifier_path=None) -> dict:
-    check_inception(cfg)
     if cfg.get("fd_classifier") and not classifier_path:
         raise InputError("evaluate.fd_classifier: true needs the classifier stage's model "
                          "file: pass --classifier classifier.pt (the workflow does), or set "
@@ -95,6 +81,9 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         from reflowma.stages.classifier import frechet_reference
 
         fd = frechet_reference(cfg["data"], classifier_path, dev)
+    from reflowma.stages.inception import open_reference
+
+    inc = open_reference(cfg, dev)  # the weights load in the worker before any sampling
     log.info("evaluate: K=%d student, %d samples, NFE %s, device %s", K, n, cfg["nfe"], dev)
 
     saved = SampleSaver(out_path, z, x_teacher, x_data, cfg)
@@ -102,26 +91,33 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
            "nfe": {}, "teacher_euler": {}}
     if fd is not None:  # the accuracy of the classifier behind every fd_classifier number
         res["classifier"] = fd.info
+    if inc is not None:
+        res["inception"] = inc.info
     for nfe in cfg["nfe"]:
         grid = solvers.sample_grid(nfe, K)
         samp = partial(_map, student_b, grid)
         y = samp(z)
         res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student_b,
-                                              grid, fd)
+                                              grid, fd, inc)
         yt = solvers.euler_sample(teacher_b, z, solvers.sample_grid(nfe, 1))
-        res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg, fd=fd)
+        res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg, fd=fd,
+                                                        inc=inc)
         saved.add(nfe, y, yt, samp)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
     ceiling = solvers.solve(teacher_b, z, [0.0, 1.0], cfg["teacher_steps"],
                             cfg["teacher_solver"])[-1]
     res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
-                              **sample_metrics(ceiling, z, x_teacher, x_data, cfg, fd=fd)}
+                              **sample_metrics(ceiling, z, x_teacher, x_data, cfg, fd=fd,
+                                               inc=inc)}
     saved.write(ceiling)
     res["data_floor"] = {"w2_data": metrics.w2_unpaired(
         data.load(cfg["data"], n, generator(cfg["seed"], "eval-data-2")), x_data)}
     if fd is not None:  # the same n data samples against the test split: FD's finite-n floor
         res["data_floor"]["fd_classifier"] = fd.distance(x_data)
+    if inc is not None:  # the data draw against the training split: the metrics' floor
+        res["data_floor"].update(inc.scores(x_data))
+        inc.close()
     test_ends = load_ends(C, "test", K)
     if cfg["audit"]["enabled"]:
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
