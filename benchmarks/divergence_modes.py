@@ -6,7 +6,9 @@ faster than the alternatives at d = 2 and on par or faster at d = 16:
 * ``copies``: one forward/backward on d copies of the batch (the audit's previous method);
 * ``vjp``: one forward pass, d vector-Jacobian products through it (``density._divergence``);
 * ``jvp_vmap``: forward mode, ``torch.func.jvp`` over the d basis directions under ``vmap``;
-* ``jacfwd_vmap``: ``torch.func.jacfwd`` of the per-sample map under ``vmap``.
+* ``jacfwd_vmap``: ``torch.func.jacfwd`` of the per-sample map under ``vmap``;
+* ``own_jvp``: ``autodiff.forward_jacobian``, which uses the network's explicit tangent pass
+  (``MLPVelocity.jvp``: one primal pass, all d tangents in one product per layer).
 
 ``python benchmarks/divergence_modes.py [--dims 2,16] [--batch 1000] [--width 256]``
 """
@@ -20,6 +22,7 @@ import time
 import torch
 from torch.func import jacfwd, jvp, vmap
 
+from reflowma.core.autodiff import forward_jacobian
 from reflowma.core.solvers import time_vector
 from reflowma.evaluation import density
 from reflowma.models import mlp
@@ -52,7 +55,12 @@ def jacfwd_vmap(net, x, t):
     return J.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
-MODES = {"copies": copies, "vjp": vjp, "jvp_vmap": jvp_vmap, "jacfwd_vmap": jacfwd_vmap}
+def own_jvp(net, x, t):
+    return forward_jacobian(net, x, time_vector(t, x))[1].diagonal(dim1=1, dim2=2).sum(-1)
+
+
+MODES = {"copies": copies, "vjp": vjp, "jvp_vmap": jvp_vmap, "jacfwd_vmap": jacfwd_vmap,
+         "own_jvp": own_jvp}
 
 
 def main() -> None:

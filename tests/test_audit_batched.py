@@ -1,4 +1,5 @@
-"""The fast audit path (shared-primal exact divergence, batched CNF integration) against
+"""The fast audit path (exact divergence by the network's tangent pass or by d VJPs on one
+forward pass, batched CNF integration) against
 independent computations and against the previous, one-set-at-a-time implementation.
 
 Tolerances: float64 throughout, and the new code performs the same per-row arithmetic as the
@@ -110,7 +111,9 @@ def test_exact_divergence_gaussian_closed_form():
 
 @pytest.mark.parametrize("d", [2, 16])
 def test_exact_divergence_mlp(d):
+    """The MLP has its own tangent pass (``jvp``): the forward-mode path."""
     net = _net(d)
+    assert callable(getattr(net, "jvp", None))
     x = torch.randn(7, d, generator=torch.Generator().manual_seed(1), dtype=DT)
     vx, div = density._divergence(net, x, 0.4, None)
     ref = _jacobian_trace(net, x, 0.4)
@@ -120,7 +123,8 @@ def test_exact_divergence_mlp(d):
 
 
 def test_exact_divergence_unet():
-    """A tiny UNet on 1x4x4 images (d = 16: exact path); GroupNorm, attention and buffers."""
+    """A tiny UNet on 1x4x4 images (d = 16: exact path); GroupNorm, attention and buffers; no
+    tangent pass of its own: the VJP path."""
     cfg = {"name": "unet", "channels": 8, "channel_mult": [1, 2], "res_blocks": 1,
            "attention_resolutions": [4], "dropout": 0.0, "heads": 2, "norm_groups": 4}
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.special import digamma, gammaln
 
-from reflowma.core.autodiff import batch_jacobian
+from reflowma.core.autodiff import batch_jacobian, forward_jacobian
 from reflowma.core.solvers import time_vector
 
 LOG2PI = math.log(2 * math.pi)
@@ -41,11 +41,16 @@ def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
     """(v(x, t), div_x v): exact if ``probes`` is None, else the Hutchinson mean over the given
     Rademacher probes ``[P, *x.shape]``.
 
-    Exact: one forward pass on the batch and d vector-Jacobian products through it (row i of
-    every sample's Jacobian per product; the trace is their diagonal). Measured on CPU
-    (benchmarks/divergence_modes.py) this beats both a forward/backward on d copies of the batch
-    (d forward passes instead of one) and forward mode (``torch.func.jvp`` under ``vmap``).
+    Exact: forward mode by the network's own tangent pass where it has one (``v.jvp``, e.g.
+    the MLP: one primal pass, the d unit tangents in one product per layer), else one forward
+    pass and d vector-Jacobian products through it (any differentiable callable). Measured on
+    CPU (benchmarks/divergence_modes.py) both beat a forward/backward on d copies of the batch
+    and the generic forward mode (``torch.func.jvp`` or ``jacfwd`` under ``vmap``).
     """
+    if probes is None and getattr(v, "jvp", None) is not None:
+        with torch.no_grad():
+            vx, J = forward_jacobian(v, x.detach(), time_vector(t, x))
+        return vx, J.diagonal(dim1=1, dim2=2).sum(-1)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         vx = v(xg, time_vector(t, xg))
