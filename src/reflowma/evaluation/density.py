@@ -4,7 +4,8 @@ Pure functions, no I/O; inputs ``[N, *data]`` (flattened internally), densities 
 
 * ``cnf_logp``: ``log p_t1(x)`` of the pushforward of N(0, I) at t = 0 under ``dx/dt = v(x, t)``
   (instantaneous change of variables, integrated backwards with RK4; exact divergence by
-  autograd up to ``exact_max_dim``, Hutchinson with fixed Rademacher probes above).
+  autograd up to ``exact_max_dim``, Hutchinson with fixed Rademacher probes above);
+  ``cnf_logp_many``: the same for several point sets at one t1, integrated as one batch.
 * ``student_logq``: exact log-density of a few-step Euler map's endpoint by the discrete change
   of variables, with a per-sample fold flag (the formula needs an injective map).
 * ``knn_entropy`` (Kozachenko-Leonenko), ``kl_knn`` (needs no injectivity),
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from scipy.special import digamma, gammaln
 
-from reflowma.core.autodiff import batch_jacobian
+from reflowma.core.autodiff import batch_jacobian, forward_jacobian
 from reflowma.core.solvers import time_vector
 
 LOG2PI = math.log(2 * math.pi)
@@ -37,20 +38,25 @@ def std_normal_logp(z: torch.Tensor) -> torch.Tensor:
 
 
 def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
-    """(v(x, t), div_x v): exact if ``probes`` is None (one backward through d copies of the
-    batch), else the Hutchinson mean over the given Rademacher probes ``[P, *x.shape]``."""
+    """(v(x, t), div_x v): exact if ``probes`` is None, else the Hutchinson mean over the given
+    Rademacher probes ``[P, *x.shape]``.
+
+    Exact: forward mode by the network's own tangent pass where it has one (``v.jvp``, e.g.
+    the MLP: one primal pass, the d unit tangents in one product per layer), else one forward
+    pass and d vector-Jacobian products through it (any differentiable callable). Measured on
+    CPU (benchmarks/divergence_modes.py) both beat a forward/backward on d copies of the batch
+    and the generic forward mode (``torch.func.jvp`` or ``jacfwd`` under ``vmap``).
+    """
+    if probes is None and getattr(v, "jvp", None) is not None:
+        with torch.no_grad():
+            vx, J = forward_jacobian(v, x.detach(), time_vector(t, x))
+        return vx, J.diagonal(dim1=1, dim2=2).sum(-1)
     with torch.enable_grad():
-        if probes is None:
-            # one forward/backward on d copies of the batch, copy i seeded with the basis e_i
-            B, d = x.shape[0], _flat(x).shape[1]
-            xg = x.detach().repeat(d, *([1] * (x.dim() - 1))).requires_grad_(True)
-            vx = v(xg, time_vector(t, xg))
-            E = torch.eye(d, dtype=x.dtype, device=x.device).repeat_interleave(B, dim=0)
-            g = torch.autograd.grad(vx, xg, grad_outputs=E.reshape(vx.shape))[0]
-            div = (_flat(g) * E).sum(-1).reshape(d, B).sum(0)
-            return vx[:B].detach(), div.detach()
         xg = x.detach().requires_grad_(True)
         vx = v(xg, time_vector(t, xg))
+        if probes is None:
+            div = batch_jacobian(vx, xg).diagonal(dim1=1, dim2=2).sum(-1)
+            return vx.detach(), div.detach()
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         P = probes.shape[0]
         for p in range(P):
@@ -58,6 +64,59 @@ def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
             g = torch.autograd.grad((vx * e).sum(), xg, retain_graph=p < P - 1)[0]
             div = div + _flat(g * e).sum(-1)
     return vx.detach(), (div / P).detach()
+
+
+def _rk4_logp(v, x: torch.Tensor, t1: float, n: int, probes: torch.Tensor | None):
+    """``log p_t1(x)`` by ``n`` RK4 steps of ``(x, I)`` backwards from t1 to 0 (see cnf_logp)."""
+    h = -float(t1) / n
+    times = [float(t1) * (n - i) / n for i in range(n + 1)]  # exact t1 ... 0
+
+    def f(xs, t):
+        return _divergence(v, xs, t, probes)
+
+    acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(n):
+        t, tn = times[i], times[i + 1]
+        tm = 0.5 * (t + tn)
+        k1, a1 = f(x, t)
+        k2, a2 = f(x + 0.5 * h * k1, tm)
+        k3, a3 = f(x + 0.5 * h * k2, tm)
+        k4, a4 = f(x + h * k3, tn)
+        x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        # dI/dt = -div v  =>  I(t + h) = I(t) - h * mean(div)
+        acc = acc - h / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
+    return std_normal_logp(x) - acc
+
+
+def cnf_logp_many(v, xs, t1: float = 1.0, steps: int = 100, exact_max_dim: int = 16,
+                  probes: int = 1, generator: torch.Generator | None = None,
+                  chunk: int = 2048) -> list[torch.Tensor]:
+    """``cnf_logp`` of several point sets ``xs`` (each ``[N_j, *data]``) that share ``t1``,
+    integrated as one batch (concatenated, then in chunks of ``chunk`` rows); returns one
+    ``[N_j]`` tensor per set.
+
+    Equals ``[cnf_logp(v, x, t1, ...) for x in xs]`` with the same generator: the Hutchinson
+    probes are drawn set by set and chunk by chunk of each set, in that order, exactly as the
+    separate calls draw them (each row keeps its probe, whatever chunk it is integrated in).
+    """
+    xs = [x.detach() for x in xs]
+    if t1 <= 0:
+        return [std_normal_logp(x) for x in xs]
+    if not xs:
+        return []
+    d = _flat(xs[0]).shape[1]
+    exact = d <= exact_max_dim
+    pr = None
+    if not exact:
+        pr = torch.cat([(torch.randint(0, 2, (probes, *x[lo: lo + chunk].shape),
+                                       generator=generator) * 2 - 1).to(x)
+                        for x in xs for lo in range(0, x.shape[0], chunk)], dim=1)
+    x_all = torch.cat(xs)
+    n = max(1, int(steps))
+    out = torch.cat([_rk4_logp(v, x_all[lo: lo + chunk], t1, n,
+                               None if pr is None else pr[:, lo: lo + chunk])
+                     for lo in range(0, x_all.shape[0], chunk)])
+    return list(out.split([x.shape[0] for x in xs]))
 
 
 def cnf_logp(v, x1: torch.Tensor, t1: float = 1.0, steps: int = 100, exact_max_dim: int = 16,
@@ -72,38 +131,9 @@ def cnf_logp(v, x1: torch.Tensor, t1: float = 1.0, steps: int = 100, exact_max_d
     is evaluated there). Divergence: exact for ``d <= exact_max_dim``, else ``probes``
     Rademacher probes drawn once per chunk from ``generator`` and held fixed along the path
     (unbiased for log p). Evaluate in float64 for accuracy (model and x in the same dtype).
+    Several sets at the same ``t1``: ``cnf_logp_many`` (one batched integration).
     """
-    x1 = x1.detach()
-    if t1 <= 0:
-        return std_normal_logp(x1)
-    d = _flat(x1).shape[1]
-    exact = d <= exact_max_dim
-    n = max(1, int(steps))
-    h = -float(t1) / n
-    times = [float(t1) * (n - i) / n for i in range(n + 1)]  # exact t1 ... 0
-    out = []
-    for lo in range(0, x1.shape[0], chunk):
-        x = x1[lo: lo + chunk]
-        pr = None
-        if not exact:
-            pr = (torch.randint(0, 2, (probes, *x.shape), generator=generator) * 2 - 1).to(x)
-
-        def f(xs, t, pr=pr):
-            return _divergence(v, xs, t, pr)
-
-        acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for i in range(n):
-            t, tn = times[i], times[i + 1]
-            tm = 0.5 * (t + tn)
-            k1, a1 = f(x, t)
-            k2, a2 = f(x + 0.5 * h * k1, tm)
-            k3, a3 = f(x + 0.5 * h * k2, tm)
-            k4, a4 = f(x + h * k3, tn)
-            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            # dI/dt = -div v  =>  I(t + h) = I(t) - h * mean(div)
-            acc = acc - h / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
-        out.append(std_normal_logp(x) - acc)
-    return torch.cat(out)
+    return cnf_logp_many(v, [x1], t1, steps, exact_max_dim, probes, generator, chunk)[0]
 
 
 def knn_entropy(x, k: int = 5) -> float:
