@@ -19,7 +19,7 @@ INC_VENV := .venv-inception
 INCEPTION_PINS := "torch==2.14.1" "torchvision==0.29.1" "torch-fidelity==0.4.0" "numpy==2.4.6" \
                   "tqdm==4.70.1"
 
-.PHONY: run test test-slow lint bench env inception-env repro pull
+.PHONY: run test test-slow lint bench env envs inception-env repro pull
 
 $(BIN)/reflowma: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,14 @@ inception-env: $(INC_STAMP)
 run: env
 	$(BIN)/snakemake --cores $(CORES) --config preset=toy
 
-test: env inception-env
+# the two environments are independent installs: built side by side
+envs:
+	$(MAKE) -j2 env inception-env
+
+test: envs
 	$(BIN)/python -m pytest
 
-test-slow: env inception-env
+test-slow: envs
 	$(BIN)/python -m pytest -m "slow or not slow"  # everything, slow-marked tests included
 
 lint: env
