@@ -21,8 +21,12 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_make_bench_runs_run_py():
-    res = subprocess.run(["make", "-n", "bench", "BIN=BIN", "-o", "BIN/reflowma"], cwd=REPO,
-                         capture_output=True, text=True, timeout=30)
+    # not as a sub-make of `make test`: its flags would add "Entering directory" lines
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    res = subprocess.run(["make", "--no-print-directory", "-n", "bench", "BIN=BIN", "-o",
+                          "BIN/reflowma"], cwd=REPO, capture_output=True, text=True,
+                         timeout=30, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["BIN/python", "benchmarks/run.py"]
 

@@ -49,6 +49,7 @@ def _jobs_by_rule(log: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow  # 188 s here; the default run keeps test_local_slurm's real sbatch workflow
 @pytest.mark.slurm
 def test_smoke_grid_on_slurm(local_slurm, tmp_path):
     # A failing variant of the same workflow runs alongside: a teacher whose loss diverges
