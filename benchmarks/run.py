@@ -64,9 +64,25 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 # --------------------------------------------------------------------------- couplings
 
 
-def bench_couplings(args) -> dict:
+def _rk4_pair(net, z, steps: int):
+    """(the project's RK4, torchdiffeq's fixed-grid rk4): endpoints of ``z`` over [0, 1] in
+    ``steps`` steps each (equal NFE), no autograd."""
     from torchdiffeq import odeint
 
+    from reflowma.core import solvers
+
+    def ours():
+        return solvers.solve(net, z, [0.0, 1.0], steps, "rk4")[-1]
+
+    def ref():
+        with torch.no_grad():
+            return odeint(lambda t, x: net(x, t.expand(x.shape[0])), z, torch.tensor([0.0, 1.0]),
+                          method="rk4", options={"step_size": 1.0 / steps})[-1]
+
+    return ours, ref
+
+
+def bench_couplings(args) -> dict:
     from reflowma.core import solvers
     from reflowma.models import mlp
 
@@ -77,13 +93,7 @@ def bench_couplings(args) -> dict:
     z = torch.randn(n, 2)
     grid = torch.linspace(0, 1, steps + 1)
 
-    def ours():
-        return solvers.solve(net, z, [0.0, 1.0], steps, "rk4")[-1]
-
-    def ref():
-        with torch.no_grad():
-            return odeint(lambda t, x: net(x, t.expand(x.shape[0])), z, torch.tensor([0.0, 1.0]),
-                          method="rk4", options={"step_size": 1.0 / steps})[-1]
+    ours, ref = _rk4_pair(net, z, steps)
 
     hs = [z @ torch.randn(2, width)] + [torch.randn(n, width) for _ in range(depth)]
     ws = [torch.randn(width + 32, width)] + [torch.randn(width, width)] * (depth - 1) + \
@@ -108,10 +118,10 @@ def bench_couplings(args) -> dict:
             "seconds": t, "rms_error": rms,
             "speedup_vs_torchdiffeq": t["torchdiffeq"]["median"] / t["ours"]["median"],
             "gemm_fraction": t_gemm["median"] / per_eval,
-            "unet": _couplings_unet(args, odeint, solvers)}
+            "unet": _couplings_unet(args, solvers)}
 
 
-def _couplings_unet(args, odeint, solvers) -> dict:
+def _couplings_unet(args, solvers) -> dict:
     """The MNIST preset's UNet (1x28x28): images/s of the project's RK4 against torchdiffeq's
     fixed-grid rk4 at equal NFE, RMS errors against RK4 at 4x the steps."""
     from reflowma.infra import config
@@ -126,13 +136,7 @@ def _couplings_unet(args, odeint, solvers) -> dict:
     n, steps = (16, 4) if args.quick else (128, 8)
     z = torch.randn(n, 1, 28, 28)
 
-    def ours():
-        return solvers.solve(net, z, [0.0, 1.0], steps, "rk4")[-1]
-
-    def ref():
-        with torch.no_grad():
-            return odeint(lambda t, x: net(x, t.expand(x.shape[0])), z, torch.tensor([0.0, 1.0]),
-                          method="rk4", options={"step_size": 1.0 / steps})[-1]
+    ours, ref = _rk4_pair(net, z, steps)
 
     t = interleaved({"ours": ours, "torchdiffeq": ref}, max(3, args.repeats // 2))
     tight = solvers.solve(net, z, [0.0, 1.0], steps * 4, "rk4")[-1]
