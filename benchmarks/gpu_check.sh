@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_check.sh                  # CUDA
 #   DEVICE=cpu bash benchmarks/gpu_check.sh       # CPU smoke of the script itself (tiny sizes,
 #                                                 # seconds; no mnist_smoke workflow)
-# Measures, with the `mnist` preset's teacher UNet (915,169 parameters, [B, 1, 28, 28]):
+# Measures, with the `mnist` preset's teacher UNet (280,177 parameters, [B, 1, 28, 28]):
 #   1. teacher training steps/s at batch 128 in fp32 and bf16 autocast (train.amp), peak memory,
 #      and Euler generation images/s (benchmarks/unet_throughput.py);
 #   2. the stages on DEVICE: teacher, couplings (images/s of the whole command), and the

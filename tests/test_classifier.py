@@ -127,6 +127,7 @@ def test_image_grid_figure_from_recorded_pngs(tmp_path, monkeypatch):
 
     from reflowma.report import collect as C
     from reflowma.report import figures as F
+    from reflowma.report import layout
 
     def png(name, value):
         p = tmp_path / f"evaluate.grid_{name}.png"
@@ -148,5 +149,5 @@ def test_image_grid_figure_from_recorded_pngs(tmp_path, monkeypatch):
         "seed": None, "refs": {}, "runs": {}, "missing": ["no completed evaluate run"]})
     with pytest.raises(F.NoData, match="no completed"):
         F.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
-    stems = F.expected_stems([f"evaluate/mnist/seed~0/{m}" for m in methods])
+    stems = layout.expected_stems([f"evaluate/mnist/seed~0/{m}" for m in methods])
     assert "images_mnist" in stems and "samples_mnist" not in stems

@@ -27,7 +27,7 @@ from reflowma.infra.runs import (
     missing_jobs,
     parse_job,
 )
-from reflowma.report import build_report
+from reflowma.report import build_report, layout
 from reflowma.report import figures as F
 from reflowma.report import render as Rn
 from reflowma.report import stats as S
@@ -285,8 +285,8 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_every_figure_is_written(wf):
-    stems = F.expected_stems(wf["jobs"])
-    kinds = {f["kind"] for f in F.expected_figures(wf["jobs"])}
+    stems = layout.expected_stems(wf["jobs"])
+    kinds = {f["kind"] for f in layout.expected_figures(wf["jobs"])}
     assert kinds == {"nfe", "training", "local", "samples", "tm_marginal"}
     written = {Path(p).name for p in wf["res"]["figures"]}
     for stem in stems:
@@ -414,7 +414,7 @@ def test_heatmap_figure(tmp_path):
     paths = F.fig_heatmaps(pd.DataFrame(rows), "moons", methods, tmp_path)
     assert [p.name for p in paths] == ["heatmap_moons.png", "heatmap_moons.pdf"]
     assert all(p.stat().st_size > 5000 for p in paths)
-    assert F.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
+    assert layout.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
         "nfe_moons", "training_moons", "local_moons", "tm_marginal_moons", "heatmap_moons",
         "samples_moons"]
 
@@ -444,3 +444,18 @@ def test_training_figure_without_loss_curves_is_nodata(tmp_path):
                         "metric": "lr", "step": 10, "value": 1e-3}])
     with pytest.raises(F.NoData, match="no loss curve of moons"):
         F.fig_training(tl, pd.DataFrame(), "moons", ["K~1"], tmp_path)
+
+
+def test_report_layout_is_light_to_import():
+    """The workflow imports reflowma.report.layout while Snakemake parses the Snakefile (every
+    dry run, every Slurm job): it must not pull torch, scipy or the plotting libraries (about
+    5 s on 2 cores), and its toy names must be the data registry's."""
+    code = ("import sys; import reflowma.report.layout; "
+            "print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'seaborn') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from reflowma.data.toys import TOYS
+    from reflowma.infra.config import TOY_DATASETS
+
+    assert set(TOYS) == TOY_DATASETS

@@ -126,7 +126,7 @@ def classifier_input(wc):
 
 
 def report_figure(folder, f):
-    """The PNG of one figure of reflowma.report.figures.expected_figures under the report
+    """The PNG of one figure of reflowma.report.layout.expected_figures under the report
     `folder`, flagged for `snakemake --report` (captions in workflow/report/)."""
     return report(
         f"{folder}/figures/{f['stem']}.png",

@@ -2,7 +2,7 @@
 # Sacred run records (`reflowma report`; missing or failed grid points stay visible as rows).
 # `snakemake --report report.html` collects the figures marked with report() below, with the
 # captions in workflow/report/.
-from reflowma.report import figures as rfig
+from reflowma.report import layout as rlayout
 
 
 report: "../report/workflow.rst"
@@ -12,7 +12,7 @@ REPORT = f"{RESULTS}/report"
 
 
 # The report's PNG figures, flagged for `snakemake --report` (the local-audit figure only where
-# the evaluate stage runs the audit); reflowma.report.figures names them. report_figure
+# the evaluate stage runs the audit); reflowma.report.layout names them. report_figure
 # (common.smk) flags each: a line of a .smk that starts with `report(` is taken for the
 # `report:` directive by snakefmt 2.1.0, which then cannot parse its own output.
 _AUDIT = {
@@ -22,7 +22,7 @@ _AUDIT = {
 }
 REPORT_FIGURES = [
     report_figure(REPORT, f)
-    for f in rfig.expected_figures([f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
+    for f in rlayout.expected_figures([f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
     if f["kind"] != "local" or f["dataset"] in _AUDIT
 ]
 

@@ -310,6 +310,7 @@ def _check_inception(cfg: dict, check_files: bool) -> None:
 BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file",
                               "mnist", "cifar10", "images"})
 IMAGE_DATASETS = frozenset({"mnist", "cifar10", "images"})
+TOY_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals"})  # data.toys.TOYS
 
 
 def check_dataset_name(field: str, name: str) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from reflowma.infra.runs import load_runs, missing_jobs
 from reflowma.infra.storage.atomic import atomic_path, write_json
 from reflowma.report import collect as C
+from reflowma.report import layout
 from reflowma.report import render as R
 from reflowma.report import tables as T
 from reflowma.report.render import flat_metrics
@@ -154,7 +155,7 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
     if figures:
         from reflowma.report import figures as F
 
-        stems = F.expected_stems(expected) if expected is not None else ()
+        stems = layout.expected_stems(expected) if expected is not None else ()
         figs = F.make_figures(runs, tables, out_dir / "figures", stems,
                               keep_going=keep_going_figures)
     return {"tables": [str(p) for p in written], "figures": [str(p) for p in figs],

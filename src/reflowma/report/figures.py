@@ -40,8 +40,9 @@ from reflowma.evaluation import spec  # noqa: E402
 from reflowma.infra.runs import parse_point  # noqa: E402
 from reflowma.infra.storage.atomic import atomic_path  # noqa: E402
 from reflowma.report import collect as C  # noqa: E402
+from reflowma.report import layout  # noqa: E402
 from reflowma.report.render import file_stem  # noqa: E402
-from reflowma.report.stats import baseline_of, is_reg_axis  # noqa: E402
+from reflowma.report.stats import is_reg_axis  # noqa: E402
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
@@ -212,68 +213,10 @@ def _unique_legend(axes):
 # --------------------------------------------------------------------------- heatmaps
 
 
-def heat_groups(methods) -> dict:
-    """lam x K heatmap groups: ``{file suffix: {fixed: [(axis, value)], methods}}``, one group
-    per value combination of the other axes (the suffix names the ones that vary); each group
-    also gets the lam-0 control of its points (``tables.baseline_of``), so a grid keeping lam 0
-    once still fills that row. Empty unless lam and K both have more than one value."""
-    pts = {m: parse_point(m) for m in methods}
-    pts = {m: p for m, p in pts.items() if "lam" in p and "K" in p}
-    if len({p["lam"] for p in pts.values()}) < 2 or len({p["K"] for p in pts.values()}) < 2:
-        return {}
-    others = [k for k in next(iter(pts.values())) if k not in ("lam", "K")]
-    keyed = {}
-    for m, p in pts.items():
-        if C.num(p["lam"]) != 0:
-            keyed.setdefault(tuple(p.get(k) for k in others), []).append(m)
-    vary = [i for i, _ in enumerate(others) if len({key[i] for key in keyed}) > 1]
-    groups = {}
-    for key, ms in keyed.items():
-        bases = {baseline_of(m, list(pts)) for m in ms} - {None}
-        fixed = [(others[i], key[i]) for i in vary]
-        suffix = file_stem("_".join(f"{k}{v}" for k, v in fixed))
-        groups[suffix] = {"fixed": fixed,
-                          "methods": sorted(set(ms) | bases, key=list(pts).index)}
-    return groups
-
-
-def expected_figures(jobs) -> list[dict]:
-    """The figures a report of these evaluate jobs writes (placeholders stand in where data
-    are missing): ``[{kind, dataset, stem}]`` with ``stem`` the file name without extension.
-    The workflow's report rule declares its outputs from this."""
-    from reflowma.data.toys import TOYS
-    from reflowma.infra.config import IMAGE_DATASETS
-    from reflowma.infra.runs import parse_job
-
-    by_ds = {}
-    for j in jobs:
-        p = parse_job(j)
-        if p["dataset"] is not None and p["point"] is not None:
-            by_ds.setdefault(p["dataset"], [])
-            if p["point"] not in by_ds[p["dataset"]]:
-                by_ds[p["dataset"]].append(p["point"])
-    out = []
-    for ds, methods in by_ds.items():
-        f = file_stem(ds)
-        kinds = ["nfe", "training", "local", "tm_marginal"]
-        out += [{"kind": k, "dataset": ds, "stem": f"{k}_{f}"} for k in kinds]
-        out += [{"kind": "heatmap", "dataset": ds,
-                 "stem": f"heatmap_{f}" + (f"_{s}" if s else "")} for s in heat_groups(methods)]
-        if ds in TOYS:
-            out.append({"kind": "samples", "dataset": ds, "stem": f"samples_{f}"})
-        if ds in IMAGE_DATASETS:
-            out.append({"kind": "images", "dataset": ds, "stem": f"images_{f}"})
-    return out
-
-
-def expected_stems(jobs) -> list[str]:
-    return [f["stem"] for f in expected_figures(jobs)]
-
-
 def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Path]:
     """Text: the mean over seeds (and % above the panel's lowest); colour: the cell's place
     between the lowest and the highest cell of its panel."""
-    groups = heat_groups(methods)
+    groups = layout.heat_groups(methods)
     if not groups:
         return []  # not expected: the grid has no lam x K plane
     pts = {m: parse_point(m) for m in methods}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import num
@@ -25,6 +25,8 @@ def summarize(values) -> dict:
     out["mean"] = float(v.mean())
     if n >= 2:
         sd = float(v.std(ddof=1))
+        from scipy import stats  # here: the workflow imports this module while parsing
+
         half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
         out.update(std=sd, ci_lo=out["mean"] - half, ci_hi=out["mean"] + half)
     return out
@@ -37,6 +39,8 @@ def paired_test(a: dict, b: dict) -> tuple[float, list]:
         return np.nan, seeds
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant differences: p is still 0
+        from scipy import stats
+
         p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
     return float(p), seeds
 
@@ -55,21 +59,32 @@ def baseline_of(method: str, methods) -> str | None:
     """The lam-0 control of a regularized point: the point of ``methods`` with lam 0 and the
     same values of every axis that is not a regularizer setting (K, ws, ...); among several,
     the one sharing the most regularizer settings (a grid may keep lam 0 only once, e.g. with
-    ``logdet~exact``). None for a point without a lam axis or with lam 0."""
-    pt = parse_point(method)
+    ``logdet~exact``). None for a point without a lam axis or with lam 0. Linear in the number
+    of lam-0 points of ``methods`` (parsed once per list): a 10k-job grid asks for every point."""
+    pt = _point(method)
     if "lam" not in pt or num(pt["lam"]) == 0:
         return None
     best, score = None, -1
-    for m in methods:
-        q = parse_point(m)
-        if "lam" not in q or num(q["lam"]) != 0 or set(q) != set(pt):
-            continue
-        if any(q[k] != pt[k] for k in pt if not is_reg_axis(k)):
+    for m, q in _controls(tuple(methods)):
+        if set(q) != set(pt) or any(q[k] != pt[k] for k in pt if not is_reg_axis(k)):
             continue
         sc = sum(q[k] == pt[k] for k in pt if is_reg_axis(k) and k != "lam")
         if sc > score:
             best, score = m, sc
     return best
+
+
+@lru_cache(maxsize=4096)
+def _point(method: str) -> dict:
+    """``parse_point``, memoised: callers here only read the dict."""
+    return parse_point(method)
+
+
+@lru_cache(maxsize=64)
+def _controls(methods: tuple) -> tuple:
+    """The lam-0 points of ``methods`` with their parsed axes, in order."""
+    return tuple((m, q) for m in methods
+                 if "lam" in (q := _point(m)) and num(q["lam"]) == 0)
 
 
 def none_if_nan(x):
