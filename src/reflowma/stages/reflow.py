@@ -59,7 +59,7 @@ def measure_pace(model, loss_fn, tr: dict, seed: int, steps: int = PACE_STEPS,
     stream are untouched. The first ``warmup`` steps (lazy initialisation) are not timed."""
     import copy
 
-    from reflowma.training.loop import autocast
+    from reflowma.training.loop import autocast, optimizer_step
 
     m = copy.deepcopy(model)
     opt = torch.optim.Adam(m.parameters(), lr=tr["lr"])
@@ -70,11 +70,7 @@ def measure_pace(model, loss_fn, tr: dict, seed: int, steps: int = PACE_STEPS,
             t0 = time.perf_counter()
         with autocast(tr.get("amp", "none"), m):
             loss, _ = loss_fn(m, i, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tr["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), tr["grad_clip"])
-        opt.step()
+        optimizer_step(m, opt, loss, tr["grad_clip"])
     float(loss.detach())  # waits for the device
     return (time.perf_counter() - t0) / steps
 

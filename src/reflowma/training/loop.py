@@ -81,6 +81,20 @@ def budget_reached(seconds: float, budget: float | None) -> bool:
     return budget is not None and seconds >= budget
 
 
+def optimizer_step(model: torch.nn.Module, opt, loss: torch.Tensor, grad_clip: float | None,
+                   sync_gradients=None) -> None:
+    """One update: zero the gradients, backward, ``sync_gradients(params)`` (data-parallel
+    ranks), clip the global norm to ``grad_clip`` (None: no clipping), the optimizer's step.
+    ``fit`` and the reflow stage's pace measurement both step through this."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if sync_gradients is not None:
+        sync_gradients(model.parameters())
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
 def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
         state_path: str | Path, fingerprint: str, desc: str = "train", on_log=None,
         info: dict | None = None):
@@ -174,12 +188,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 bar.close()
                 raise NonFiniteLoss(f"{desc}: non-finite loss {logged.item()} at step {step} "
                                     f"(lr={opt.param_groups[0]['lr']:.3g}); nothing was promoted")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ddp.average_gradients(model.parameters())
-            if cfg["grad_clip"] is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
+            optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients)
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
