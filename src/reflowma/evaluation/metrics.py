@@ -70,8 +70,12 @@ def fold_mask(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):
 
 def fold_fraction(f, z: torch.Tensor, max_dim: int = 16, chunk: int = 1024):
     """Fraction of z where the sampler map folds (``det df/dz <= 0``); None above ``max_dim``."""
-    mask = fold_mask(f, z, max_dim, chunk)
-    return None if mask is None else int(mask.sum()) / z.shape[0]
+    return mask_fraction(fold_mask(f, z, max_dim, chunk))
+
+
+def mask_fraction(mask):
+    """The fraction of True in a fold mask; None for None (the mask was not computed)."""
+    return None if mask is None else int(mask.sum()) / mask.shape[0]
 
 
 def straightness(v, z: torch.Tensor, grid) -> float:

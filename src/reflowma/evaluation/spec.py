@@ -46,6 +46,16 @@ class Samples:
     grid: object = None
     fd: object = None
     inception: object = None
+    _folds: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def fold_mask(self, max_dim: int):
+        """``metrics.fold_mask`` of the sampler on ``z``, computed once per sample set: the
+        ``fold_fraction`` metric and the evaluate stage's saved mask share it."""
+        if max_dim not in self._folds:
+            from reflowma.evaluation import metrics
+
+            self._folds[max_dim] = metrics.fold_mask(self.sampler, self.z, max_dim)
+        return self._folds[max_dim]
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,7 @@ for _m in (
            tables=("main", "local"), tex=r"$\sum_k$ local KL$_k$"),
     Metric("fold_fraction", "fold fraction", "fraction of z",
            paths={STUDENT: "nfe.{nfe}.fold_fraction"}, needs_sampler=True, figure=True,
-           compute=lambda s, c: M.fold_fraction(s.sampler, s.z, c["fold_max_dim"])),
+           compute=lambda s, c: M.mask_fraction(s.fold_mask(c["fold_max_dim"]))),
     Metric("straightness", "straightness", "squared velocity",
            paths={STUDENT: "nfe.{nfe}.straightness"}, needs_sampler=True, figure=True,
            compute=lambda s, c: M.straightness(s.v, s.z, s.grid),

@@ -96,13 +96,12 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
     for nfe in cfg["nfe"]:
         grid = solvers.sample_grid(nfe, K)
         samp = partial(_map, student_b, grid)
-        y = samp(z)
-        res["nfe"][str(nfe)] = sample_metrics(y, z, x_teacher, x_data, cfg, samp, student_b,
-                                              grid, fd, inc)
+        s = spec.Samples(samp(z), z, x_teacher, x_data, samp, student_b, grid, fd, inc)
+        res["nfe"][str(nfe)] = spec.sample_metrics(s, cfg)
         yt = solvers.euler_sample(teacher_b, z, solvers.sample_grid(nfe, 1))
         res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg, fd=fd,
                                                         inc=inc)
-        saved.add(nfe, y, yt, samp)
+        saved.add(nfe, s, yt)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
     ceiling = solvers.solve(teacher_b, z, [0.0, 1.0], cfg["teacher_steps"],
@@ -212,14 +211,17 @@ class SampleSaver:
         x = x.detach().reshape(x.shape[0], -1)
         self.arrays[name] = x.numpy() if x.dtype == torch.bool else x.float().numpy()
 
-    def add(self, nfe, y, yt, sampler):
+    def add(self, nfe, s: spec.Samples, yt):
+        """The student's samples ``s`` (its fold mask shared with the metric) and the
+        teacher's Euler samples ``yt`` at this NFE."""
+        y = s.y
         if self.images:
             write_png(self.pngs_dir / f"grid_student_nfe{nfe}.png", y)
             write_png(self.pngs_dir / f"grid_teacher_euler_nfe{nfe}.png", yt)
         if self.keep:
             self._put(f"student_nfe{nfe}", y)
             self._put(f"teacher_euler_nfe{nfe}", yt)
-            mask = metrics.fold_mask(sampler, self.z, self.cfg["fold_max_dim"])
+            mask = s.fold_mask(self.cfg["fold_max_dim"])
             if mask is not None:
                 self.arrays[f"fold_nfe{nfe}"] = mask.numpy()
 
