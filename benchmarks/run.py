@@ -283,20 +283,31 @@ def main() -> None:
     if args.repeats < 5 and not args.quick:
         ap.error("--repeats must be >= 5 (or use --quick)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    res = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "quick": args.quick,
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for name in args.only.split(","):
+    only = args.only.split(",")
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        ap.error(f"--only: unknown section(s) {unknown}; allowed: {', '.join(SECTIONS)}")
+    out = Path(args.out)
+    # a subset of the sections updates those in an existing file and keeps the others (each
+    # section carries its own date)
+    res = (json.loads(out.read_text()) if set(only) != set(SECTIONS) and out.is_file()
+           else {})
+    res.update({"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "quick": args.quick,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "sections_run": only})
+    for name in only:
         print(f"[bench] {name} ...", flush=True)
         t0 = time.perf_counter()
-        res[name] = SECTIONS[name](args)
+        res[name] = {**SECTIONS[name](args), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(out)
     print(f"\n{'key':<38} {'value':>10} {'goal':>9}  met")
     for key, (op, goal) in GOALS.items():
         sec, k = key.split(".")
-        if sec not in res or res[sec].get(k) is None:
+        if sec not in only or res[sec].get(k) is None:  # this run's sections only
             continue
         v = res[sec][k]
         ok = v >= goal if op == ">=" else v <= goal

@@ -33,6 +33,8 @@ def test_make_bench_runs_run_py():
 
 def test_quick_evaluate_section(tmp_path):
     out = tmp_path / "bench.json"
+    # a subset updates its sections of an existing file and keeps the others
+    out.write_text(json.dumps({"dag": {"jobs_10k_s": 12.5}, "evaluate": {"stale": True}}))
     before = {p: p.stat().st_mtime_ns for p in (REPO / "benchmarks" / "results").glob("*")}
     res = bench("--quick", "--only", "evaluate", "--repeats", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -41,8 +43,11 @@ def test_quick_evaluate_section(tmp_path):
 
     r = json.loads(out.read_text())
     assert r["quick"] is True and r["threads"] == 1
-    assert set(r) - {"host", "cpus", "torch", "threads", "quick", "date"} == {"evaluate"}
+    assert set(r) - {"host", "cpus", "torch", "threads", "quick", "date", "sections_run"} == {
+        "evaluate", "dag"}
+    assert r["sections_run"] == ["evaluate"] and r["dag"] == {"jobs_10k_s": 12.5}
     ev = r["evaluate"]
+    assert "stale" not in ev and ev["date"] == r["date"]
     assert ev["n"] == 250  # --quick size
     for k in ("metrics", "audit"):
         s = ev["seconds"][k]
