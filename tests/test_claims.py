@@ -25,8 +25,10 @@ def _result(K, w2, kl, mmd, tm, tele_ok=True):
                                       "final_le_sum_tv": tele_ok, "sum_tv_le_pinsker": True}}}
 
 
-def write_runs(root: Path, effect: dict, seeds=(0, 1, 2), tele_ok=True, shift=0.0) -> Path:
-    """Evaluate records; ``effect[K]`` multiplies the regularized point's marginals."""
+def write_runs(root: Path, effect: dict, seeds=(0, 1, 2), tele_ok=True, shift=0.0,
+               fd_effect=None) -> Path:
+    """Evaluate records; ``effect[K]`` multiplies the regularized point's marginals;
+    ``fd_effect[K]``, where given, its ``fd_classifier`` (image data's metric)."""
     rng = np.random.default_rng(0)
     rid = 0
     for seed in seeds:
@@ -38,6 +40,9 @@ def write_runs(root: Path, effect: dict, seeds=(0, 1, 2), tele_ok=True, shift=0.
             noise = 1 + 0.01 * rng.standard_normal(3)
             res = _result(K, f * noise[0] + shift, f * noise[1] * 0.5, f * noise[2] * 0.1,
                           0.3 + 0.001 * seed, tele_ok=tele_ok or rid > 1)
+            if fd_effect is not None:
+                fd = fd_effect[K] if point in (REG1, REG2) else 1.0
+                res["nfe"][str(K)]["fd_classifier"] = 100 * fd * (1 + 0.01 * noise[0])
             (d / "run.json").write_text(json.dumps({
                 "status": "COMPLETED", "start_time": f"2026-01-01T00:00:{rid:02d}.000000",
                 "stop_time": f"2026-01-01T00:01:{rid:02d}.000000", "result": res}))
@@ -61,6 +66,24 @@ def test_verdicts_follow_the_rule(tmp_path):
     assert c["theorem2"]["n"] == 12 and c["theorem2"]["final_le_sum_tv"] == 11
     md = (tmp_path / "report/claims.md").read_text()
     assert "Rule:" in md and "**supported**" in md and "p < 0.05" in md
+
+
+def test_fd_classifier_is_a_claim_metric_where_computed(tmp_path):
+    """Image grids: fd_classifier is tested beside the other marginal metrics (K = 1: the
+    others worse, FD better -> mixed; K = 2: all four better -> supported); toy records have no
+    FD row (test_verdicts_follow_the_rule: three metrics)."""
+    runs = write_runs(tmp_path / "runs", {1: 1.3, 2: 0.7}, fd_effect={1: 0.7, 2: 0.7})
+    res = build_report(runs, tmp_path / "report", figures=False)
+    assert res["claims"]["regularizer_vanilla"] == "mixed"
+    assert res["claims"]["regularizer_piecewise"] == "supported"
+    c = json.loads((tmp_path / "report/claims.json").read_text())
+    (v,) = c["regularizer"]["vanilla"]["points"]
+    assert [(m["metric"], m["outcome"]) for m in v["metrics"]] == [
+        ("kl", "worse"), ("w2_paired_teacher", "worse"), ("mmd_data", "worse"),
+        ("fd_classifier", "better")]
+    (pw,) = c["regularizer"]["piecewise"]["points"]
+    assert [m["outcome"] for m in pw["metrics"]] == ["better"] * 4
+    assert "fd_classifier" in (tmp_path / "report/claims.md").read_text()
 
 
 def test_no_effect_and_one_seed(tmp_path):

@@ -131,6 +131,9 @@ TELE = "audit.telescoping"
 # without paired values falls back to the one it maps to (KL by change of variables, invalid
 # where the map folds -> the kNN estimate).
 CLAIM_METRICS = ("kl", "w2_paired_teacher", "mmd_data")
+# Tested too where the evaluations computed them (image data: the classifier's and
+# InceptionV3's Fréchet distances); absent metrics add no row.
+CLAIM_METRICS_WHERE_PRESENT = ("fd_classifier", "fid")
 CLAIM_FALLBACK = {"kl": "kl_knn"}
 
 # Registration order = column order of the tables = computation order in ``sample_metrics``.

@@ -6,7 +6,8 @@
 * Theorem 2 (``TV_final <= sum_k TV_k <= sum_k sqrt(KL_k / 2)``): checked in every evaluate run
   with an audit (``audit.telescoping``);
 * "the regularizer improves few-step marginals", for vanilla (K = 1) and piecewise (K > 1)
-  reflow: paired t-tests against the lam-0 control on ``spec.CLAIM_METRICS`` at NFE = K.
+  reflow: paired t-tests against the lam-0 control on ``spec.CLAIM_METRICS`` (and
+  ``spec.CLAIM_METRICS_WHERE_PRESENT`` where computed) at NFE = K.
 
 Verdicts come from ``RULE`` applied to the records; nothing is typed by hand.
 """
@@ -30,7 +31,9 @@ ALPHA = 0.05
 SUPPORTED, NOT_SUPPORTED, MIXED, UNTESTED = "supported", "not supported", "mixed", "untested"
 RULE = (f"Per regularized grid point against its λ = 0 control (same dataset, K and other "
         f"axes), on each marginal metric ({', '.join(spec.CLAIM_METRICS)}; KL by change of "
-        f"variables, else its kNN estimate where the map folds) at NFE = K, paired over seeds: "
+        f"variables, else its kNN estimate where the map folds; and "
+        f"{', '.join(spec.CLAIM_METRICS_WHERE_PRESENT)} where the evaluations computed them) "
+        f"at NFE = K, paired over seeds: "
         f"*better* if the paired t-test gives p < {ALPHA} and the mean moves the good way, "
         f"*worse* if p < {ALPHA} the other way, else n.s.; fewer than 2 paired seeds: untested. "
         f"A point is **supported** if at least one metric is better and none worse, **mixed** "
@@ -52,10 +55,12 @@ def _better_sign(metric: str) -> int:
 def compare_point(ld: pd.DataFrame, method: str, base: str, K: int) -> dict:
     """Paired tests of one regularized point against its control on the claim metrics."""
     rows = []
-    for metric in spec.CLAIM_METRICS:
+    for metric in (*spec.CLAIM_METRICS, *spec.CLAIM_METRICS_WHERE_PRESENT):
         m = metric
         a, aid = by_seed(ld, method, K, m)
         b, bid = by_seed(ld, base, K, m)
+        if metric in spec.CLAIM_METRICS_WHERE_PRESENT and not (a or b):
+            continue
         p, seeds = paired_test(a, b)
         fb = spec.CLAIM_FALLBACK.get(metric)
         if len(seeds) < 2 and fb:
