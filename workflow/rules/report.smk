@@ -22,7 +22,9 @@ _AUDIT = {
 }
 REPORT_FIGURES = [
     report_figure(REPORT, f)
-    for f in rlayout.expected_figures([f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS])
+    for f in rlayout.expected_figures(
+        [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS]
+    )
     if f["kind"] != "local" or f["dataset"] in _AUDIT
 ]
 
