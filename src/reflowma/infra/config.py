@@ -307,10 +307,9 @@ def _check_inception(cfg: dict, check_files: bool) -> None:
 
 # The bundled datasets (tests/test_data_registry.py checks this against the registry): their
 # names are checked without importing the data layer (and torch) at the workflow's parse time.
-BUILTIN_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "digits", "file",
-                              "mnist", "cifar10", "images"})
 IMAGE_DATASETS = frozenset({"mnist", "cifar10", "images"})
 TOY_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals"})  # data.toys.TOYS
+BUILTIN_DATASETS = TOY_DATASETS | IMAGE_DATASETS | {"digits", "file"}
 
 
 def check_dataset_name(field: str, name: str) -> None:

@@ -27,13 +27,14 @@ def heat_groups(methods) -> dict:
         if num(p["lam"]) != 0:
             keyed.setdefault(tuple(p.get(k) for k in others), []).append(m)
     vary = [i for i, _ in enumerate(others) if len({key[i] for key in keyed}) > 1]
+    names = tuple(pts)  # one list for every baseline_of call (it memoises per list)
+    order = {m: i for i, m in enumerate(names)}
     groups = {}
     for key, ms in keyed.items():
-        bases = {baseline_of(m, list(pts)) for m in ms} - {None}
+        bases = {baseline_of(m, names) for m in ms} - {None}
         fixed = [(others[i], key[i]) for i in vary]
         suffix = file_stem("_".join(f"{k}{v}" for k, v in fixed))
-        groups[suffix] = {"fixed": fixed,
-                          "methods": sorted(set(ms) | bases, key=list(pts).index)}
+        groups[suffix] = {"fixed": fixed, "methods": sorted(set(ms) | bases, key=order.__getitem__)}
     return groups
 
 
