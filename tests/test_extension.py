@@ -81,3 +81,36 @@ def test_plugin_flows_through_a_smoke_run(tmp_path, monkeypatch):
     finally:
         plugin.unregister()
         registry._loaded.discard("reflowma_demo_plugin")
+
+
+def test_entry_points_are_scanned_once_per_process(monkeypatch):
+    """Every registry lookup loads plug-ins; the distributions' entry points (a scan of every
+    installed package's metadata) are read on the first lookup only, while a module named in
+    REFLOWMA_PLUGINS later is still imported on the next lookup."""
+    import importlib.metadata
+
+    from reflowma.data import DATASETS
+
+    calls = []
+    real = importlib.metadata.entry_points
+
+    def counting(**kw):
+        calls.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", counting)
+    monkeypatch.setattr(registry, "_scanned", [False])
+    for _ in range(50):
+        DATASETS.get("8gaussians")
+    assert calls == [{"group": registry.ENTRY_POINT_GROUP}]
+
+    monkeypatch.setenv("REFLOWMA_PLUGINS", "reflowma_demo_plugin")
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    sys.modules.pop("reflowma_demo_plugin", None)
+    registry._loaded.discard("reflowma_demo_plugin")
+    try:
+        assert "demo_ring" in DATASETS
+        assert len(calls) == 1
+    finally:
+        sys.modules["reflowma_demo_plugin"].unregister()
+        registry._loaded.discard("reflowma_demo_plugin")

@@ -20,7 +20,7 @@ rule reflow:
         runs=RUNS,
         nproc=nproc("reflow"),
         omp=res("reflow", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
+        out=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}",  # the outputs' folder
         equal_time=lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "",
     shell:
         job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"

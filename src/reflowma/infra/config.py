@@ -388,6 +388,13 @@ def _defaults(key) -> dict:
 def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=(),
                  schema_check: bool = True, check_files: bool = True) -> dict:
     """Validated config of one stage (see the module docstring for the layering)."""
+    return resolve(stage, *layered(stage, preset), overrides, schema_check, check_files)
+
+
+def layered(stage: str, preset: str | Path | dict | None = None) -> tuple[dict, Path | None]:
+    """(defaults + the preset's shared and stage sections, unvalidated; the params file or
+    None): the part of ``stage_config`` that does not depend on the overrides, for callers
+    that resolve many override sets on one preset (``grid.stage_configs``)."""
     if stage not in STAGES:
         raise ConfigError("stage", f"{stage!r} is not a stage; allowed: {', '.join(STAGES)}")
     cfg = defaults(stage)
@@ -404,8 +411,15 @@ def stage_config(stage: str, preset: str | Path | dict | None = None, overrides=
             raise _in_file(e, src) from None
         cfg = deep_merge(cfg, {k: p[k] for k in SHARED if k in p})
         cfg = deep_merge(_other_net_replaces(cfg, p.get(stage) or {}), p.get(stage) or {})
+    return cfg, src
+
+
+def resolve(stage: str, base: dict, src: Path | None, overrides=(), schema_check: bool = True,
+            check_files: bool = True) -> dict:
+    """``base`` (from ``layered``, not modified) with ``overrides`` applied, validated; errors
+    about values the overrides did not set name ``src``."""
     overrides = [_strip_stage(stage, o) for o in overrides]
-    cfg = apply_overrides(cfg, overrides, where=stage)
+    cfg = apply_overrides(base, overrides, where=stage)
     try:
         return validate(stage, cfg, schema_check, check_files)
     except ConfigError as e:

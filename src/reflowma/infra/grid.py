@@ -300,6 +300,7 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
     out = {}
     checked = set()
     sections = {d: dataset_section(d) for d in grid["datasets"]}  # hashes each file once
+    reflow = config.layered("reflow", p)  # merged once; each point only adds its overrides
     for pt in points:  # grid points first: their errors name the grid field
         shared = _shared(sections[pt.dataset], pt.seed)
         ov = shared + [(k.split("."), v) for k, v in pt.fields]
@@ -310,9 +311,9 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
             for k, v in [(None, None), *pt.fields]:
                 key = (pt.dataset, pt.seed, k, repr(v))
                 if key not in checked:
-                    config.stage_config("reflow", p, shared + ([(k.split("."), v)] if k else []))
+                    config.resolve("reflow", *reflow, shared + ([(k.split("."), v)] if k else []))
                     checked.add(key)
-            cfg = config.stage_config("reflow", p, ov, schema_check=False)
+            cfg = config.resolve("reflow", *reflow, ov, schema_check=False)
         except config.ConfigError as e:
             raise config.ConfigError(e.field, f"{str(e).split(': ', 1)[1]} (grid point "
                                      f"{pt.dataset}/seed~{pt.seed}/{pt.name})") from None
