@@ -4,6 +4,7 @@ it promises (to --out only) and prints the goal table from the same numbers."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -62,3 +63,40 @@ def test_quick_evaluate_section(tmp_path):
     assert not any(w and w[0].startswith(("couplings.", "step.", "study.", "dag.")) for w in rows)
     assert res.stdout.rstrip().endswith(f"-> {out}")
 
+
+
+def test_quick_step_section_reads_the_training_configs(tmp_path):
+    """The step section times the arms on the nets and batch sizes the presets train with
+    (alignment batch from params; --quick shrinks the batches only), each ratio against the
+    control timed in the same rotation, with the regularizer's parts and saved memory."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run import STEP_CASES
+
+    from reflowma.infra import config
+
+    out = tmp_path / "bench.json"
+    res = bench("--quick", "--only", "step", "--repeats", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    st = json.loads(out.read_text())["step"]
+    for tag, preset, shape, modes in STEP_CASES:
+        assert o_dim(st, tag) == math.prod(shape)
+        o = st["by_dim"][tag]
+        cfg = config.stage_config("reflow", preset)
+        assert (o["net"], o["params_batch"], o["params_reg_batch"]) == (
+            cfg["net"]["name"], cfg["train"]["batch_size"], cfg["regularizer"]["batch_size"])
+        assert (o["batch"], o["reg_batch"]) == (32, 16)  # --quick
+        assert set(o["ms"]) == {"tm+ws", *(f"reg_{m}" for m in modes)}
+        for arm, r in o["ratio_to_control"].items():
+            assert r > 0 and (arm != "tm+ws" or r == 1.0)
+            assert o["autograd_saved_mb"][arm] > 0
+        # the regularizer saves more for its backward than the control alone
+        assert o["autograd_saved_mb"][o["parts_ms"]["arm"]] > o["autograd_saved_mb"]["tm+ws"]
+        assert 0 < o["parts_ms"]["score"] < o["parts_ms"]["forward"]
+    assert st["exact_vs_control_d2"] == st["by_dim"]["d2"]["ratio_to_control"]["reg_exact"]
+    assert st["hutchinson_vs_control_d784"] == \
+        st["by_dim"]["d784"]["ratio_to_control"]["reg_hutchinson"]
+    assert any(w.startswith("step.hutchinson_vs_control_d64") for w in res.stdout.splitlines())
+
+
+def o_dim(st: dict, tag: str) -> int:
+    return st["by_dim"][tag]["dim"]
