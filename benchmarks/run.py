@@ -22,7 +22,9 @@ same run, interleaved with it (so load on a shared machine hits both alike):
   and backward; memory: the MB autograd saves for the backward in one step of each arm.
 * ``evaluate``: seconds per 1,000 samples for the sample metrics and for the marginal audit.
 * ``study``: the toy study end to end (``snakemake --cores 2 --config preset=toy`` in a clone).
-* ``dag``: ``snakemake -n`` for about 1,000 and 10,000 jobs (cold: configs written too).
+* ``dag``: ``snakemake -n`` for about 1,000 and 10,000 jobs (cold: configs written too), and
+  the floor: the same on a bare Snakefile with as many jobs of the same shape (Snakemake's own
+  cost, which no change to the workflow removes).
 
 ``--only couplings,step`` runs a subset; ``--quick`` shrinks sizes for a smoke check (the
 numbers are then not the ones to quote).
@@ -394,7 +396,7 @@ def bench_study(args) -> dict:
 
 def bench_dag(args) -> dict:
     import yaml
-    from dag_build import dry_run, grid_for
+    from dag_build import dry_run, floor_run, grid_for
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -410,6 +412,8 @@ def bench_dag(args) -> dict:
             out[key] = cold
             out[f"{key}_warm"] = warm
             out[f"jobs_{n}"] = jobs
+            # Snakemake alone on a bare Snakefile of as many jobs (dag_build.FLOOR_SNAKEFILE)
+            out[f"{key}_snakemake_floor"] = floor_run(tmp / f"floor{n}", jobs)[0]
     return out
 
 
@@ -471,6 +475,10 @@ def main() -> None:
                        ("activation_fraction", c["activation_fraction"]),
                        ("net_call_fraction", c["net_call_fraction"])):
             print(f"{'couplings.' + key:<38} {v:>10.3f}")
+    if "dag" in only:  # no goal: Snakemake's own share of the 10k-job dry run
+        for key in ("jobs_1k_s_snakemake_floor", "jobs_10k_s_snakemake_floor"):
+            if key in res["dag"]:
+                print(f"{'dag.' + key:<38} {res['dag'][key]:>10.3f}")
     unet = res.get("couplings", {}).get("unet") if "couplings" in only else None
     if unet:  # no goal: reported next to the MLP's
         print(f"{'couplings.unet.speedup_vs_torchdiffeq':<38} "

@@ -116,6 +116,13 @@ def all_evaluation_flags():
     return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
 
 
+# Whether any evaluate job of this grid reads a classifier (fd_classifier: true): if none,
+# the evaluate rule has no classifier input function at all (one call per job saved).
+USES_CLASSIFIER = any(
+    cfg.get("fd_classifier") for (stage, _), cfg in CONFIGS.items() if stage == "evaluate"
+)
+
+
 def classifier_input(wc):
     """Input function: the classifier model of an evaluate job whose config sets
     fd_classifier: true (none otherwise)."""

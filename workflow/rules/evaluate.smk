@@ -5,7 +5,7 @@ rule evaluate:
         student=rules.reflow.output.model,
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
-        classifier=classifier_input,  # fd_classifier: true only
+        classifier=classifier_input if USES_CLASSIFIER else [],  # fd_classifier: true only
     output:
         eval=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/eval.json",
         # the sample sets the report's figures show (d <= 16; attached to the run record)
@@ -21,7 +21,11 @@ rule evaluate:
         runs=RUNS,
         nproc=1,
         omp=res("evaluate", "threads", 1),
-        classifier=lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "",
+        classifier=(
+            (lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "")
+            if USES_CLASSIFIER
+            else ""
+        ),
     shell:
         job_cmd("evaluate", nproc=1) + " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} {params.classifier}"

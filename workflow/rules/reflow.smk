@@ -5,7 +5,8 @@ rule reflow:
         params=config_input("reflow"),
         teacher=rules.teacher.output.model,
         couplings=rules.couplings.output[0],
-        time_of=equal_time_input,  # equal-time controls only (grid equal_time: true)
+        # equal-time controls only (grid equal_time: true); no function at all without them
+        time_of=equal_time_input if EQUAL_TIME else [],
     output:
         model=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/student.pt",
         metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
@@ -21,7 +22,11 @@ rule reflow:
         nproc=nproc("reflow"),
         omp=res("reflow", "threads", 1),
         out=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}",  # the outputs' folder
-        equal_time=lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "",
+        equal_time=(
+            (lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "")
+            if EQUAL_TIME
+            else ""
+        ),
     shell:
         job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out} {params.equal_time}"
