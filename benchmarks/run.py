@@ -19,7 +19,9 @@ same run, interleaved with it (so load on a shared machine hits both alike):
   batch from params): d = 2 (the toy preset: MLP, exact log-det), 64 (the defaults: MLP) and
   784 (the mnist preset: its UNet, Hutchinson), K = 2; ``parts_ms``: the regularizer term's
   forward alone and the teacher's score alone, so the extra cost splits into forward, score
-  and backward; memory: the MB autograd saves for the backward in one step of each arm.
+  and backward; ``work_bound`` (MLP): the ratio the matrix products alone imply (the
+  regularizer's rows with their tangents against the control's); memory: the MB autograd
+  saves for the backward in one step of each arm.
 * ``evaluate``: seconds per 1,000 samples for the sample metrics and for the marginal audit.
 * ``study``: the toy study end to end (``snakemake --cores 2 --config preset=toy`` in a clone).
 * ``dag``: ``snakemake -n`` for about 1,000 and 10,000 jobs (cold: configs written too), and
@@ -267,6 +269,17 @@ def _reg_parts(cfg: dict, v, teacher, ends, repeats: int) -> dict:
     return {k: 1e3 * x["median"] for k, x in t.items()}
 
 
+def _work_bound(cfg: dict, d: int) -> float:
+    """The step-time ratio to the control that the MLP's matrix products alone imply: rows
+    through the hidden layers, a backward counted as two forwards. Control: TM and window-start
+    batches, ``3 * 2B``; the regularizer adds its batch with its tangents (d for exact and
+    trace, one per probe for Hutchinson), forward and backward, ``3 (1 + n) B_reg``, and the
+    frozen teacher's score, forward only, ``B_reg``."""
+    B, reg = cfg["train"]["batch_size"], cfg["regularizer"]
+    n = reg["n_probes"] if reg["logdet"] == "hutchinson" else d
+    return 1 + (3 * (1 + n) * reg["batch_size"] + reg["batch_size"]) / (3 * 2 * B)
+
+
 def saved_mb(step) -> float:
     """MB of the tensors autograd saves for the backward during one call of ``step`` (the
     activations a training step holds at its peak; each save counted, views included)."""
@@ -311,12 +324,14 @@ def bench_step(args) -> dict:
         # each arm interleaved with the control alone: an arm with far larger tensors (trace at
         # d = 64) in the same rotation slows the next one down (memory handed back and faulted
         # in again), which is not that arm's cost
-        t, ratio = {}, {"tm+ws": 1.0}
+        key = f"reg_{modes[-1] if tag != 'd2' else 'exact'}"  # the headline arm
+        t, ratio, controls = {}, {"tm+ws": 1.0}, {}
         for arm in list(steps)[1:]:
             pair = interleaved({"tm+ws": steps["tm+ws"], arm: steps[arm]}, reps, warmup=2)
-            t.setdefault("tm+ws", pair["tm+ws"])
-            t[arm] = pair[arm]
+            t[arm], controls[arm] = pair[arm], 1e3 * pair["tm+ws"]["median"]
             ratio[arm] = pair[arm]["median"] / pair["tm+ws"]["median"]
+            if arm == key:  # the control's own figures: those of the headline arm's pairing
+                t["tm+ws"] = pair["tm+ws"]
         ctrl = t["tm+ws"]["median"]
         batch, reg_batch = base["train"]["batch_size"], base["regularizer"]["batch_size"]
         out[tag] = {"dim": math.prod(shape), "preset": preset or "defaults",
@@ -324,9 +339,12 @@ def bench_step(args) -> dict:
                     "reg_batch": cfgs[f"reg_{modes[0]}"]["regularizer"]["batch_size"],
                     "params_batch": batch, "params_reg_batch": reg_batch,
                     "ms": {k: 1e3 * v_["median"] for k, v_ in t.items()},
+                    "control_ms_by_pair": controls,
                     "autograd_saved_mb": {k: saved_mb(f) for k, f in steps.items()},
                     "seconds": t, "ratio_to_control": ratio}
-        key = f"reg_{modes[-1] if tag != 'd2' else 'exact'}"
+        if base["net"]["name"] == "mlp":  # the matrix-product count of each arm (see below)
+            out[tag]["work_bound"] = {arm: _work_bound(cfgs[arm], math.prod(shape))
+                                      for arm in steps if arm != "tm+ws"}
         out[tag]["parts_ms"] = {"control_step": 1e3 * ctrl, "reg_step": 1e3 * t[key]["median"],
                                 "arm": key, **_reg_parts(cfgs[key], v, teacher, ends,
                                                          args.repeats)}

@@ -82,17 +82,28 @@ def budget_reached(seconds: float, budget: float | None) -> bool:
 
 
 def optimizer_step(model: torch.nn.Module, opt, loss: torch.Tensor, grad_clip: float | None,
-                   sync_gradients=None) -> None:
+                   sync_gradients=None, params: list | None = None) -> None:
     """One update: zero the gradients, backward, ``sync_gradients(params)`` (data-parallel
     ranks), clip the global norm to ``grad_clip`` (None: no clipping), the optimizer's step.
-    ``fit`` and the reflow stage's pace measurement both step through this."""
+    ``params``: ``list(model.parameters())`` if given (a loop keeps the list instead of walking
+    the modules on every step). ``fit`` and the reflow stage's pace measurement both step
+    through this."""
+    params = list(model.parameters()) if params is None else params
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if sync_gradients is not None:
-        sync_gradients(model.parameters())
+        sync_gradients(params)
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
+
+
+def ema_update(ema_params: list, params: list, decay: float) -> None:
+    """``e <- decay e + (1 - decay) p`` for every pair, as one multi-tensor op each (the
+    per-tensor ``mul_`` / ``add_`` in the same order: the same values to the bit)."""
+    with torch.no_grad():
+        torch._foreach_mul_(ema_params, decay)
+        torch._foreach_add_(ema_params, [p.detach() for p in params], alpha=1 - decay)
 
 
 def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
@@ -153,6 +164,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     amp = autocast(cfg.get("amp", "none"), model)
     net = compiled(model, cfg.get("compile"))
     decay = cfg["ema_decay"]
+    params, ema_params = list(model.parameters()), list(ema.parameters())
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
                mininterval=1.0, dynamic_ncols=True, disable=not ddp.is_main())
@@ -188,10 +200,8 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 bar.close()
                 raise NonFiniteLoss(f"{desc}: non-finite loss {logged.item()} at step {step} "
                                     f"(lr={opt.param_groups[0]['lr']:.3g}); nothing was promoted")
-            optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients)
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+            optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients, params)
+            ema_update(ema_params, params, decay)
             done = step + 1
             if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
                 row = {"step": step + 1, "loss": logged.item(), "lr": opt.param_groups[0]["lr"],
