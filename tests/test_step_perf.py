@@ -161,3 +161,18 @@ def test_mlp_shared_time_inference_path(activation):
     assert not torch.equal(fast, general)  # the folded path ran (its rounding differs)
     assert torch.allclose(fast, general, rtol=0, atol=4e-6 * float(general.abs().max()))
     assert torch.equal(v(x, t), v(x, t.contiguous()))  # autograd on: the general path
+
+
+@pytest.mark.parametrize("activation", sorted(mlp.ACTIVATIONS))
+def test_mlp_jvp_without_autograd_is_bit_identical(activation):
+    """The tangent pass runs its products in place without autograd (the audit's exact
+    divergence): the same operations in the same order, so the same bits as with autograd."""
+    torch.manual_seed(4)
+    v = mlp.MLPVelocity((3,), 40, 3, activation)
+    x, t = torch.randn(25, 3), torch.rand(25)
+    u = torch.randn(3, 25, 3)
+    with_grad = v.jvp(x, t, u)
+    with torch.no_grad():
+        without = v.jvp(x, t, u)
+    assert not without[1].requires_grad and with_grad[1].requires_grad
+    assert torch.equal(with_grad[0], without[0]) and torch.equal(with_grad[1], without[1])

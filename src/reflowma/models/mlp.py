@@ -29,9 +29,18 @@ def _gelu_prime(a, h):
         2 * math.pi)
 
 
+def _silu_prime(a, h):
+    """``s (1 + a (1 - s))``, ``s = sigmoid(a)``; without autograd in place, in the same order
+    (each product and sum is the same IEEE operation: the same bits either way)."""
+    s = torch.sigmoid(a)
+    if torch.is_grad_enabled():
+        return s * (1 + a * (1 - s))
+    return torch.rsub(s, 1).mul_(a).add_(1).mul_(s)
+
+
 # d act / d a from the pre-activation a and the activation h = act(a) (ELU with alpha = 1)
 DERIVATIVES = {
-    "silu": lambda a, h: torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a))),
+    "silu": _silu_prime,
     "relu": lambda a, h: (a > 0).to(a.dtype),
     "tanh": lambda a, h: 1 - h * h,
     "elu": lambda a, h: torch.where(a > 0, torch.ones_like(a), h + 1),
@@ -125,9 +134,13 @@ class MLPVelocity(nn.Module):
         layers = list(self.net)
         a = layers[0](self._input(x, t))
         T = tangents.reshape(n * B, self.dim) @ layers[0].weight[:, :self.dim].t()
+        grad = torch.is_grad_enabled()
         for act, lin in zip(layers[1::2], layers[2::2], strict=True):
             h = act(a)
-            T = (T.reshape(n, B, -1) * deriv(a, h)).reshape(n * B, -1)
+            if grad:
+                T = (T.reshape(n, B, -1) * deriv(a, h)).reshape(n * B, -1)
+            else:  # the same product, in place (T is this call's own fresh tensor)
+                T.view(n, B, -1).mul_(deriv(a, h))
             a = lin(h)
             T = T @ lin.weight.t()
         return a.reshape(x.shape), T.reshape(n, *x.shape)
