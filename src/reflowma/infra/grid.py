@@ -305,11 +305,12 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
         shared = _shared(sections[pt.dataset], pt.seed)
         ov = shared + [(k.split("."), v) for k, v in pt.fields]
         try:
-            # The schema has no cross-field rules: a point is schema-valid iff each of its
-            # (field, value) overrides is, so each is checked once; cross-field checks run on
-            # every point.
+            # The schema has no cross-field rules: a point is schema-valid iff its dataset and
+            # seed's base is and each of its (field, value) overrides is, so each base and each
+            # override is checked once (an override on the first base it comes with);
+            # cross-field checks run on every point.
             for k, v in [(None, None), *pt.fields]:
-                key = (pt.dataset, pt.seed, k, repr(v))
+                key = (pt.dataset, pt.seed) if k is None else (k, repr(v))
                 if key not in checked:
                     config.resolve("reflow", *reflow, shared + ([(k.split("."), v)] if k else []))
                     checked.add(key)
