@@ -79,8 +79,8 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     st = json.loads(out.read_text())["step"]
     for tag, preset, shape, modes in STEP_CASES:
-        assert o_dim(st, tag) == math.prod(shape)
         o = st["by_dim"][tag]
+        assert o["dim"] == math.prod(shape)
         cfg = config.stage_config("reflow", preset)
         assert (o["net"], o["params_batch"], o["params_reg_batch"]) == (
             cfg["net"]["name"], cfg["train"]["batch_size"], cfg["regularizer"]["batch_size"])
@@ -96,7 +96,3 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
     assert st["hutchinson_vs_control_d784"] == \
         st["by_dim"]["d784"]["ratio_to_control"]["reg_hutchinson"]
     assert any(w.startswith("step.hutchinson_vs_control_d64") for w in res.stdout.splitlines())
-
-
-def o_dim(st: dict, tag: str) -> int:
-    return st["by_dim"][tag]["dim"]

@@ -116,6 +116,15 @@ def all_evaluation_flags():
     return [f"{RESULTS}/eval/{d}/seed~{s}/done.flag" for d, s in pairs]
 
 
+def input_option(option, name, used):
+    """Param of an optional input `name`: `option <path>` for a job that has that input, ''
+    for one that has none; a constant '' (no per-job function) when no job of the grid has it
+    (`used` false)."""
+    if not used:
+        return ""
+    return lambda wc, input: f"{option} {getattr(input, name)}" if getattr(input, name) else ""
+
+
 # Whether any evaluate job of this grid reads a classifier (fd_classifier: true): if none,
 # the evaluate rule has no classifier input function at all (one call per job saved).
 USES_CLASSIFIER = any(

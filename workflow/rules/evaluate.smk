@@ -21,11 +21,7 @@ rule evaluate:
         runs=RUNS,
         nproc=1,
         omp=res("evaluate", "threads", 1),
-        classifier=(
-            (lambda wc, input: f"--classifier {input.classifier}" if input.classifier else "")
-            if USES_CLASSIFIER
-            else ""
-        ),
+        classifier=input_option("--classifier", "classifier", USES_CLASSIFIER),
     shell:
         job_cmd("evaluate", nproc=1) + " --params {input.params} --student {input.student}"
         " --teacher {input.teacher} --couplings {input.couplings} {params.classifier}"

@@ -22,11 +22,7 @@ rule reflow:
         nproc=nproc("reflow"),
         omp=res("reflow", "threads", 1),
         out=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}",  # the outputs' folder
-        equal_time=(
-            (lambda wc, input: f"--time-of {input.time_of}" if input.time_of else "")
-            if EQUAL_TIME
-            else ""
-        ),
+        equal_time=input_option("--time-of", "time_of", bool(EQUAL_TIME)),
     shell:
         job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"
         " --teacher {input.teacher} --out {params.out} {params.equal_time}"

@@ -43,11 +43,12 @@ from reflowma.stages.reflow import load_ends
 log = logging.getLogger(__name__)
 
 
-def sample_metrics(y, z, ref_teacher, ref_data, cfg, sampler=None, v=None, grid=None,
-                   fd=None, inc=None) -> dict:
-    """The sample metrics of ``reflowma.evaluation.spec`` (registration order) of ``y``."""
-    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, sampler, v, grid, fd,
-                                            inc), cfg)
+def sample_metrics(y, z, ref_teacher, ref_data, cfg, fd=None, inc=None) -> dict:
+    """The sample metrics of ``reflowma.evaluation.spec`` (registration order) of samples ``y``
+    without a sampler (the teacher's; the student's go through ``spec.Samples`` directly, whose
+    fold mask the saved sample sets share)."""
+    return spec.sample_metrics(spec.Samples(y, z, ref_teacher, ref_data, fd=fd, inception=inc),
+                               cfg)
 
 
 def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
