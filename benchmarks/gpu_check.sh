@@ -13,7 +13,7 @@
 #      fd_classifier, report) with device=cuda.
 # Writes benchmarks/results/gpu_check_<device>_<time>/ (log, JSON, eval.json files, the
 # report's tables and image-grid figure) and copies it to $OUT when set. Offline: wheels for
-# packages the image lacks are taken from .gpu-wheels/ when present.
+# packages the image lacks are taken from .gpu-wheels/ when present (benchmarks/gpu_wheels.py).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
@@ -23,8 +23,8 @@ RES=$(cd "$RES" && pwd)
 exec > >(tee "$RES/gpu_check.log") 2>&1
 W=$(mktemp -d)
 trap 'rm -rf "$W"; if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; cp -r "$RES" "$OUT/"; fi' EXIT
-if [ -d .gpu-wheels ]; then
-  $PY -m pip install -q --no-index --find-links .gpu-wheels jsonschema pot || true
+if [ -f .gpu-wheels/requirements.txt ]; then  # made by benchmarks/gpu_wheels.py
+  $PY -m pip install -q --no-index --find-links .gpu-wheels -r .gpu-wheels/requirements.txt || true
 fi
 export PYTHONPATH=$PWD/src REFLOWMA_ROOT=$PWD
 if [ "$DEVICE" = cuda ]; then
