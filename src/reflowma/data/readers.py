@@ -146,6 +146,8 @@ def read_images(path: str | Path, key: str | None = "data",
             y = None
             if labels_key:
                 lk, y = _npz_array(z, path, labels_key, "data.labels_key", "the label array")
+    except InputError:
+        raise
     except (ValueError, OSError, EOFError) as e:  # not a zip, or an object array
         raise InputError(f"data.path: cannot read {str(path)!r} as an .npz: {e}") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
