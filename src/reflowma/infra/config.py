@@ -88,24 +88,29 @@ def shown_path(path: str | Path) -> str:
         return str(path)
 
 
-# PyYAML's problem when a file holds a second top-level value: the usual cause of it
-_SECOND_VALUE = "expected '<document start>'"
+# PyYAML's problems with a likely cause to name: a second top-level value, a key without ':'
+_SECOND_VALUE, _NO_COLON = "expected '<document start>'", "could not find expected ':'"
 
 
 def yaml_error(path: str | Path, e: yaml.YAMLError) -> ConfigError:
     """One line ``FILE:LINE: not valid YAML: problem (column, context)`` of a YAML error (a
-    MarkedYAMLError's own text spans several lines and names no file)."""
+    MarkedYAMLError's own text spans several lines and names no file). LINE is where PyYAML
+    found the problem, except for a key without its ``:``, which PyYAML finds on the line
+    after the key: there it is the key's line."""
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     mark, ctx = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-    where = [] if mark is None else [f"column {mark.column + 1}"]
-    if getattr(e, "context", None) and ctx is not None and (mark is None or ctx.line != mark.line):
-        where.append(f"{e.context} at line {ctx.line + 1}")
+    context = getattr(e, "context", None) or ""
+    at = ctx if ctx is not None and (mark is None or "simple key" in context) else mark
+    where = [] if at is None else [f"column {at.column + 1}"]
+    if context and ctx is not None and ctx.line != at.line:
+        where.append(f"{context} at line {ctx.line + 1}")
     if problem.startswith(_SECOND_VALUE):
         where.append("the file's top-level value ends above this line: is a {} or [] line "
                      "left above new entries?")
-    line = mark or ctx
+    if problem.startswith(_NO_COLON):
+        where.append("this line is not a `key: value` of the mapping around it")
     text = " ".join(f"{problem} ({'; '.join(where)})".split()) if where else problem
-    return ConfigError(f"{shown_path(path)}{f':{line.line + 1}' if line else ''}",
+    return ConfigError(f"{shown_path(path)}{f':{at.line + 1}' if at else ''}",
                        f"not valid YAML: {text}")
 
 
