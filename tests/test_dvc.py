@@ -161,6 +161,8 @@ def test_exp_run_with_another_preset_keeps_both_and_compares_them(first):
 
 def test_param_change_reruns_only_affected_jobs(first):
     d, _ = first
+    git(d, "add", "-A")  # HEAD: this workspace's results, for the metrics diff below
+    git(d, "commit", "-qm", "before the param change", "--allow-empty")
     preset = d / "params/presets/smoke.yaml"
     p = yaml.safe_load(preset.read_text())
     p["evaluate"]["n_samples"] = 100  # evaluation only: teacher, couplings, students stay
