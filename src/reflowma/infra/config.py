@@ -279,9 +279,10 @@ def _check_data(stage: str, data: dict, check_files: bool) -> None:
     if d.reads_path:
         if not path:
             raise ConfigError(f"{f}.path", f"is required when data.name is {data['name']!r}")
-        if check_files and not Path(path).exists():
+        points = data["name"] == "file"  # a file; the image sets also read folders
+        if check_files and not (Path(path).is_file() if points else Path(path).exists()):
             raise ConfigError(f"{f}.path", f"file {path!r} does not exist")
-        if data["name"] == "file" and Path(path).suffix.lower() not in catalog.POINT_SUFFIXES:
+        if points and Path(path).suffix.lower() not in catalog.POINT_SUFFIXES:
             raise ConfigError(f"{f}.path", f"{path!r}: allowed suffixes "
                               f"{', '.join(catalog.POINT_SUFFIXES)}")
     if data.get("layout") and data["layout"] not in d.layouts:
