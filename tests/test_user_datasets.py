@@ -237,3 +237,22 @@ def test_user_images_with_labels_through_the_workflow(tmp_path):
         assert fds["data floor"] < fds["teacher ceiling"], fds
         print(f"lam {lam}: fd_classifier", {k: round(v, 3) for k, v in fds.items()})
     assert job_stats(run("-n").stdout) == {}
+
+
+def test_checking_user_images_at_parse_time_imports_no_torch(project):
+    """The workflow's parse reads a user dataset's file (labels included) through
+    data/readers.py and asks data/catalog.py about it: neither imports torch."""
+    import subprocess
+    import sys
+
+    labelled_images(project / "data/imgs.npz", n=40)
+    entry = {"name": "images", "path": "data/imgs.npz", "key": "images", "labels_key": "labels"}
+    (project / "params/datasets.yaml").write_text(yaml.safe_dump({"imgs": entry}))
+    (project / "g.yaml").write_text(yaml.safe_dump({"datasets": ["imgs"], "seeds": [0],
+                                                    "axes": {"K": [1]}}))
+    code = ("import sys; from reflowma.infra import grid; g = grid.load_grid('g.yaml'); "
+            "c = grid.stage_configs(grid.load_preset('mnist_smoke'), g, grid.expand(g)); "
+            "print(sorted(k[0] for k in c), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                         text=True, check=True).stdout.split("]")
+    assert out[0].count("classifier") == 1 and out[1].strip() == "False", out
