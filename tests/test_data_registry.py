@@ -222,17 +222,17 @@ def test_the_audit_uses_the_density_of_the_dataset_object(monkeypatch):
     np.testing.assert_allclose(seen["gmm"].means.norm(dim=1).numpy(), 2.0)
 
 
-def test_builtin_dataset_names_known_to_config_are_the_registry_s():
-    """config checks bundled names without importing the data layer: the two lists agree."""
+def test_builtin_dataset_names_declared_in_the_catalog_are_the_registry_s():
+    """config checks bundled names in data.catalog (no torch): it and the registry agree."""
     import json
     import os
     import subprocess
     import sys
 
-    from reflowma.infra import config
+    from reflowma.data import catalog
 
     env = {k: v for k, v in os.environ.items() if k != "REFLOWMA_PLUGINS"}
     out = subprocess.run([sys.executable, "-c", "import json; from reflowma.data import DATASETS;"
                           " print(json.dumps(list(DATASETS.names())))"],
                          env=env, capture_output=True, text=True, check=True).stdout
-    assert set(json.loads(out)) == config.BUILTIN_DATASETS
+    assert set(json.loads(out)) == set(catalog.DECLARED)

@@ -28,7 +28,7 @@ from reflowma.infra.storage.atomic import sha256, write_json
 from reflowma.models import classifier as lenet
 from reflowma.registry import InputError
 from reflowma.stages.common import data_key
-from reflowma.training.loop import fit
+from reflowma.training.loop import check_amp, fit
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def accuracy(model, x, y, dev) -> float:
 def run(cfg: dict, out_dir, on_log=None) -> dict:
     """Train the classifier; writes ``classifier.pt`` and ``metrics.json`` in ``out_dir``."""
     dev = device(cfg["device"])
+    check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     x_tr, y_tr, what_tr = labelled_split(cfg["data"], "train")
     x_te, y_te, what_te = labelled_split(cfg["data"], "test")
     classes = sorted(set(y_tr.tolist()) | set(y_te.tolist()))

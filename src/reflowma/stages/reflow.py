@@ -25,7 +25,7 @@ from reflowma.infra.storage.checkpoint import save_model
 from reflowma.infra.storage.couplings import Couplings
 from reflowma.registry import InputError
 from reflowma.stages.common import check_same_data, load_model
-from reflowma.training.loop import fit
+from reflowma.training.loop import check_amp, fit
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     dev = device(cfg["device"])
     ddp.init(dev)
     dev, ws = ddp.local_device(dev), ddp.world_size()
+    check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     teacher, meta, sha, C, ends = check_inputs(cfg, couplings_path, teacher_path, dev)
-    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     K, shape = cfg["K"], tuple(meta["data_shape"])
     torch.manual_seed(derive(cfg["seed"], "student-init"))
     student = models.build(shape, cfg["net"]).to(dev)
@@ -164,6 +164,7 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
              K, N, cfg["window_start_weight"], reg["weight"],
              reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     plan = None
     if plan_steps and tr.get("time_budget_s"):
         plan = time_plan(out, tr["time_budget_s"], lambda: measure_pace(

@@ -15,7 +15,7 @@ from reflowma.infra import distributed as ddp
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import save_model
 from reflowma.stages.common import check_data_hash, data_key
-from reflowma.training.loop import fit
+from reflowma.training.loop import check_amp, fit
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,17 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     dev = device(cfg["device"])
     ddp.init(dev)
     dev, ws = ddp.local_device(dev), ddp.world_size()
+    check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     data_sha = check_data_hash("teacher", cfg["data"])
     shape = data.data_shape(cfg["data"])  # reads a data file first: bad data writes nothing
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(derive(cfg["seed"], "teacher-init"))
     model = models.build(shape, cfg["net"]).to(dev)
     g = generator(cfg["seed"], "teacher-train", *(("rank", ddp.rank()) if ws > 1 else ()))
     ts = cfg["time_sampler"]
     sample_t = time_samplers.get(ts["name"])
     bs = ddp.shard_batch(cfg["train"]["batch_size"], "teacher.train.batch_size")
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
 
     def loss_fn(m, step, gen):
         x = data.load(cfg["data"], bs, gen)

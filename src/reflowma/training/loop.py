@@ -54,15 +54,22 @@ def lr_factor(step: int, cfg: dict) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
 
-def autocast(mode: str, model: torch.nn.Module):
-    """The context of ``train.amp``: bf16 autocast on CUDA, nothing for ``none``; ``bf16`` on
-    a CPU model (e.g. ``device: auto`` without a GPU) is refused, not silently ignored."""
-    if mode == "none":
-        return contextlib.nullcontext()
-    dev = next(model.parameters()).device
-    if dev.type != "cuda":
+def check_amp(mode: str, dev) -> None:
+    """``train.amp`` other than ``none`` needs a CUDA device: refused on any other (e.g.
+    ``device: auto`` without a GPU), not silently ignored. The training stages call it as soon
+    as the device is resolved, before anything is written."""
+    dev = torch.device(dev)
+    if mode != "none" and dev.type != "cuda":
         raise InputError(f"train.amp: {mode!r} autocast needs a CUDA device, the model is on "
                          f"{dev.type!r}; allowed here: none")
+
+
+def autocast(mode: str, model: torch.nn.Module):
+    """The context of ``train.amp``: bf16 autocast on CUDA, nothing for ``none``
+    (``check_amp`` refuses it elsewhere)."""
+    if mode == "none":
+        return contextlib.nullcontext()
+    check_amp(mode, next(model.parameters()).device)
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
