@@ -9,7 +9,7 @@ density is exact).
 
 from __future__ import annotations
 
-from reflowma.data.base import Dataset, PointsDataset, exact_log_prob  # noqa: F401
+from reflowma.data.base import Dataset, PointsDataset, exact_log_prob, on_device  # noqa: F401
 from reflowma.data.registry import (  # noqa: F401
     DATASETS,
     clear_cache,
