@@ -359,7 +359,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             ema_update(ema_params, params, decay)
             done = step + 1
             if logs:
-                row = logged_row(step + 1, loss, extras, lr)
+                row = logged_row(step + 1, loss.detach(), extras, lr)
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 if on_log:
