@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Dataset": "base", "PointsDataset": "base", "exact_log_prob": "base",
+    "Dataset": "base", "PointsDataset": "base", "exact_log_prob": "base", "on_device": "base",
     "DATASETS": "registry", "clear_cache": "registry", "data_shape": "registry",
     "dataset": "registry", "declared_shape": "registry", "load": "registry",
     "read_points": "readers", "TOYS": "toys", "sample_toy": "toys",

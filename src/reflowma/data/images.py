@@ -54,11 +54,13 @@ class ImageDataset(PointsDataset):
         self.hflip = bool(hflip)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator)
+        """``n`` images from the generator's device, where the points must be (``to``)."""
+        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator,
+                            device=generator.device)
         x = self.points[idx]
         x = x.float() / 127.5 - 1.0 if self.uint8 else x.float()
         if self.hflip:
-            flip = torch.rand(n, generator=generator) < 0.5
+            flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x.reshape(n, *self.shape)
 

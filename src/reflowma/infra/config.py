@@ -242,7 +242,12 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
             raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
                               f"allowed: {', '.join(OBJECTIVES.names())}")
     _check_data(stage, cfg["data"], check_files)
-    if cfg.get("train", {}).get("amp") == "bf16" and cfg["device"] == "cpu":
+    train = cfg.get("train", {})
+    if train.get("lr_scaling", "none") != "none" and train.get("lr_reference_batch") is None:
+        raise ConfigError(f"{stage}.train.lr_reference_batch", "is required when "
+                          f"train.lr_scaling is {train['lr_scaling']!r}: the batch size train.lr "
+                          "was tuned at (or set lr_scaling: none)")
+    if train.get("amp") == "bf16" and cfg["device"] == "cpu":
         raise ConfigError(f"{stage}.train.amp", "'bf16' autocast needs a CUDA device, "
                           "device is 'cpu'; allowed here: none")
     if stage == "classifier" or (stage == "evaluate" and cfg.get("fd_classifier")):
