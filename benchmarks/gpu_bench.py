@@ -73,7 +73,7 @@ SIZES = {
     "cuda": {"log_every": 8, "log_every_compiled": 10, "big_batch": 512, "per_batch": 256,
              "reflow_log_every": 5, "coupling_steps": 2, "rms_n": 64, "rms_steps": None,
              "mnist_log_every": 20, "mnist_reflow_log_every": 5, "mnist_couplings_train": 256,
-             "probe_seconds": 6.0, "net": None, "mnist_net": None},
+             "probe_seconds": 3.0, "net": None, "mnist_net": None},
     "cpu": {"log_every": 2, "log_every_compiled": 2, "big_batch": 16, "per_batch": 16,
             "reflow_log_every": 2, "coupling_steps": 1, "rms_n": 4, "rms_steps": 4,
             "mnist_log_every": 2, "mnist_reflow_log_every": 2, "mnist_couplings_train": 16,
@@ -176,11 +176,15 @@ def randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # --- sections ----------------------------------------------------------------------------
 
 class Context:
-    def __init__(self, dev: torch.device, work: Path, rec: Recorder):
-        self.dev, self.work, self.rec = dev, work, rec
+    def __init__(self, dev: torch.device, work: Path, rec: Recorder, deadline: float):
+        self.dev, self.work, self.rec, self.deadline = dev, work, rec, deadline
         self.size = SIZES["cuda" if dev.type == "cuda" else "cpu"]
         self.archive = write_cifar_archive(work / "cifar-10-python.tar.gz",
                                            self.size["per_batch"])
+
+    def left(self) -> float:
+        """Seconds before this process's time limit."""
+        return self.deadline - time.time()
 
     def cifar_preset(self) -> dict:
         from reflowma.infra import grid as rgrid
@@ -390,19 +394,20 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> dict:
 def section_couplings(ctx: Context, variants) -> None:
     """The couplings solve of the cifar10 preset's net (random weights) at its chunk size:
     image-evaluations per second of each variant (``models.inference.wrap`` with
-    ``couplings.amp`` / ``couplings.compile``), and the RMS difference of its endpoint (the
-    preset's step count, ``rms_n`` images) against the fp32 eager solve."""
+    ``couplings.amp`` / ``couplings.compile``), and the RMS difference of its endpoint after the
+    preset's step count against the fp32 eager solve, on the first ``rms_n`` images of the
+    chunk (rows are solved independently). Eager variants solve those images alone; a compiled
+    one solves the whole chunk (the shape it was compiled for) when the time left allows."""
     from reflowma.core import solvers
     from reflowma.models import inference
 
     cfg, shape, net = _couplings_net(ctx)
     chunk = ctx.size.get("chunk", cfg["chunk_size"])
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(chunk, *shape, generator=g).to(ctx.dev)
-    zr = torch.randn(ctx.size["rms_n"], *shape, generator=g).to(ctx.dev)
-    rate_times = [0.0, 1.0]
+    z = torch.randn(chunk, *shape, generator=torch.Generator().manual_seed(1)).to(ctx.dev)
+    n = ctx.size["rms_n"]
     ref_path = ctx.work / "couplings_fp32_endpoint.pt"
     rms_steps = ctx.size["rms_steps"] or cfg["steps"]
+    nfe = 4 * sum(gp.step_counts([0.0, 1.0], rms_steps))
     table = {"fp32": {}, "bf16": {"amp": "bf16"},
              "bf16_reduce_overhead": {"amp": "bf16", "compile": "reduce-overhead"},
              "fp32_reduce_overhead": {"compile": "reduce-overhead"}}
@@ -415,15 +420,22 @@ def section_couplings(ctx: Context, variants) -> None:
             continue
         t0 = time.perf_counter()
         v = inference.wrap(net, opts)
-        rate = _solve_rate(v, z, rate_times, ctx.size["coupling_steps"], ctx.dev)
-        end = solvers.solve(v, zr, [0.0, 1.0], rms_steps, cfg["solver"])[-1]
+        rate = _solve_rate(v, z, [0.0, 1.0], ctx.size["coupling_steps"], ctx.dev)
         row = {"images_per_s": rate, "chunk": chunk, "options": opts,
-               "wall_s": time.perf_counter() - t0, "rms_steps": rms_steps,
-               "rms_images": zr.shape[0]}
-        if name == "fp32":
-            torch.save(end.cpu(), ref_path)
-        elif ref_path.exists():
-            row.update(_rms(end.cpu(), torch.load(ref_path)))
+               "rms_steps": rms_steps, "rms_images": n}
+        ctx.rec.put(f"couplings.variants.{name}", row)
+        compiled = opts.get("compile", "none") != "none"
+        need = nfe * (chunk if compiled else n) / rate
+        if need > ctx.left() - 10:
+            row["rms"] = f"skipped: the solve would take {need:.0f} s"
+        else:
+            end = solvers.solve(v, z if compiled else z[:n], [0.0, 1.0], rms_steps,
+                                cfg["solver"])[-1][:n].cpu()
+            if name == "fp32":
+                torch.save(end, ref_path)
+            elif ref_path.exists():
+                row.update(_rms(end, torch.load(ref_path)))
+        row["wall_s"] = time.perf_counter() - t0
         ctx.rec.put(f"couplings.variants.{name}", row)
 
 
@@ -509,7 +521,8 @@ def probe_worker(dev: str, steps_log: int, start_at: float, out: Path, net: dict
     from reflowma.stages import teacher
 
     o = {"device": dev, **prefixed("train", {"steps": 3 * steps_log, "log_every": steps_log,
-                                             "checkpoint_every": 10**6})}
+                                             "checkpoint_every": 10**6}),
+         "eval.n_samples": 16, "eval.batch_size": 16}
     if net:
         o["net"] = net
     if batch:
@@ -534,7 +547,7 @@ def section_concurrency(ctx: Context, alone_step_s: float | None) -> None:
     alone = alone_step_s or (json.loads(part.read_text()).get("mnist_gpu", {}).get(
         "teacher_step_s") if part.exists() else None)
     L = max(2, int(S["probe_seconds"] / 2 / alone)) if alone else S["mnist_log_every"]
-    start_at = time.time() + (20.0 if ctx.dev.type == "cuda" else 15.0)
+    start_at = time.time() + (20.0 if ctx.dev.type == "cuda" else 5.0)
     procs, outs = [], []
     for i in range(workers):
         out = ctx.work / "probe" / f"w{i}.json"
@@ -568,19 +581,21 @@ SECTIONS = {
     "concurrency": lambda ctx: section_concurrency(ctx, None),
     "teacher_combined": lambda ctx: section_teacher_compiled(ctx, ["combined",
                                                                    "combined_fp32"]),
-    "couplings_compiled": lambda ctx: section_couplings(ctx, ["bf16_reduce_overhead",
-                                                              "fp32_reduce_overhead"]),
+    "couplings_compiled": lambda ctx: section_couplings(ctx, ["bf16_reduce_overhead"]),
     "teacher_compile_alone": lambda ctx: section_teacher_compiled(ctx, ["compile",
                                                                         "reduce_overhead"]),
+    "couplings_compiled_fp32": lambda ctx: section_couplings(ctx, ["fp32_reduce_overhead"]),
 }
 # process groups, most important first: (sections, seconds allowed on CUDA); the CPU runs
 # every group that needs no compiler, and records the others as skipped
 GROUPS = [(("env", "teacher_eager", "reflow", "couplings_eager", "mnist_gpu"), 150),
-          (("concurrency",), 40),
+          (("concurrency",), 60),
           (("teacher_combined",), 170),
-          (("couplings_compiled",), 70),
-          (("teacher_compile_alone",), 110)]
-COMPILED = {"teacher_combined", "couplings_compiled", "teacher_compile_alone"}
+          (("couplings_compiled",), 80),
+          (("teacher_compile_alone",), 110),
+          (("couplings_compiled_fp32",), 60)]
+COMPILED = {"teacher_combined", "couplings_compiled", "teacher_compile_alone",
+            "couplings_compiled_fp32"}
 
 
 # --- derived figures, table ----------------------------------------------------------------
@@ -739,6 +754,17 @@ def table(r: dict) -> str:
             extra = (f", RMS vs fp32 eager {v['rms_diff']:.3g} ({v['relative']:.2g} relative)"
                      if "rms_diff" in v else "")
             lines.append(f"couplings {name:22s} {v['images_per_s']:10.0f} image-evals/s{extra}")
+    g = r.get("cifar10_grid", {})
+    if g.get("hours") is not None:
+        lines.append("cifar10 grid, one seed, hours by stage: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in g["hours_by_stage"].items()))
+    m = r.get("mnist_gpu", {})
+    if m.get("minutes") is not None:
+        sat = m["rates"]["saturation"]
+        lines.append(f"mnist_gpu: {m['minutes']:.1f} min projected (critical path "
+                     f"{m['critical_path_minutes']:.1f}; full length "
+                     f"{m['full_length_minutes']:.1f} min); {sat:.1f} jobs share the GPU at "
+                     f"full speed ({'measured' if m['saturation_measured'] else 'assumed'})")
     for name, s in r.get("sections", {}).items():
         if s.get("status") != "ok":
             lines.append(f"section {name}: {s.get('status')}")
@@ -751,7 +777,7 @@ def run_group(names, dev: str, work: Path, timeout: float) -> dict:
     """The sections ``names`` in one child process (``--sections``) within ``timeout``
     seconds; returns {section: status} and merges nothing (the caller reads the parts)."""
     args = [sys.executable, __file__, "--sections", ",".join(names), "--device", dev,
-            "--work", str(work)]
+            "--work", str(work), "--deadline", str(time.time() + timeout)]
     t0 = time.perf_counter()
     # its own process group: on a timeout the group goes (the probe's workers too)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -828,7 +854,7 @@ def write(path: Path, r: dict) -> None:
     tmp.replace(path)
 
 
-def run_sections(names, dev: str, work: Path) -> None:
+def run_sections(names, dev: str, work: Path, deadline: float) -> None:
     """Child process: each section writes ``work/<name>.json`` and ``work/<name>.status``."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     d = torch.device(dev)
@@ -836,7 +862,7 @@ def run_sections(names, dev: str, work: Path) -> None:
         rec = Recorder(work / f"{n}.json")
         t0 = time.perf_counter()
         try:
-            SECTIONS[n](Context(d, work, rec))
+            SECTIONS[n](Context(d, work, rec, deadline))
             status = "ok"
         except Exception as e:  # the next section still runs
             import traceback
@@ -855,6 +881,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--work", help="scratch folder (default: a fresh one under /tmp)")
     ap.add_argument("--sections", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--probe-log-every", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--probe-start-at", type=float, help=argparse.SUPPRESS)
@@ -868,7 +895,8 @@ def main(argv=None) -> int:
                      json.loads(a.probe_net) if a.probe_net else None, a.probe_batch)
         return 0
     if a.sections:
-        run_sections(a.sections.split(","), a.device, Path(a.work))
+        run_sections(a.sections.split(","), a.device, Path(a.work),
+                     a.deadline or time.time() + 3600)
         return 0
     import tempfile
 

@@ -180,7 +180,8 @@ def test_cpu_run_writes_the_json_it_promises(cpu_check):
     for name in ("env", "teacher_eager", "reflow", "couplings_eager", "mnist_gpu",
                  "concurrency"):
         assert r["sections"][name]["status"] == "ok", (name, r["sections"][name])
-    for name in ("teacher_combined", "couplings_compiled", "teacher_compile_alone"):
+    for name in ("teacher_combined", "couplings_compiled", "teacher_compile_alone",
+                 "couplings_compiled_fp32"):
         assert r["sections"][name]["status"].startswith("skipped: compilation")
     t = r["teacher"]
     plain = t["plain"]["images_per_s"]
