@@ -9,10 +9,9 @@ bit-identical (on the same device) to an uninterrupted run: model, optimizer, EM
 generator of the draws (CPU or device), the global RNGs (dropout) and history are all restored.
 
 No step waits for the device except the logged ones: the loss and the objectives' logs stay
-tensors, and the non-finite guard is a device-side record of the first bad step
-(``FiniteGuard``), read on logged steps, before every checkpoint and at the end, so no state or
-model file ever holds weights updated from a non-finite loss. The error names the first bad
-step.
+tensors, and the non-finite guard keeps each step's loss on the device (``FiniteGuard``) and
+reads them on logged steps, before every checkpoint and at the end, so no state or model file
+ever holds weights updated from a non-finite loss. The error names the first bad step.
 
 Levers for accelerators, each on its own (``docs/gpu.md``): ``train.fused_optimizer`` (fused
 Adam; ``auto``: on CUDA), ``train.channels_last`` (image nets: weights and inputs in
@@ -187,35 +186,38 @@ def identity(cfg: dict) -> dict:
     return {**{k: v for k, v in cfg.items() if k != "eval"}, "train": train}
 
 
-NO_STEP = 2**62  # FiniteGuard.first while every loss was finite
+NO_STEP = 2**62  # no non-finite loss so far
 
 
 class FiniteGuard:
-    """The first step whose loss was not finite, and that loss, kept on the loss's device and
-    updated without reading anything back (``update``); ``check`` reads them (one sync) and
-    raises ``NonFiniteLoss`` naming that step. Under torchrun every rank calls ``check`` at
-    the same steps and all agree on the earliest bad step of any rank."""
+    """The non-finite-loss guard without a host-device sync per step: ``update`` keeps each
+    step's loss (a detached 0-d tensor: no kernel, no read), ``check`` reads the losses kept
+    since the last check at once (one sync) and raises ``NonFiniteLoss`` naming the first
+    non-finite one's step. Under torchrun every rank calls ``check`` at the same steps and all
+    agree on the earliest bad step of any rank."""
 
     def __init__(self, desc: str, lr_at):
         self.desc, self.lr_at = desc, lr_at
-        self.first = self.value = None
+        self.steps: list[int] = []
+        self.losses: list[torch.Tensor] = []
 
     def update(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach()
-        if self.first is None:
-            self.first = torch.full((), NO_STEP, dtype=torch.int64, device=loss.device)
-            self.value = torch.zeros((), dtype=torch.float32, device=loss.device)
-        new = ~torch.isfinite(loss) & (self.first == NO_STEP)
-        self.first = self.first.masked_fill(new, step)
-        self.value = torch.where(new, loss.float(), self.value)
+        self.steps.append(step)
+        self.losses.append(loss.detach())
 
     def check(self) -> None:
-        first = NO_STEP if self.first is None else int(self.first)
-        value = 0.0 if self.value is None else float(self.value)
+        first, value = NO_STEP, 0.0
+        if self.losses:
+            vals = torch.stack(self.losses)
+            bad = ~torch.isfinite(vals)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                first, value = self.steps[i], float(vals[i])
+            self.steps, self.losses = [], []
         if ddp.world_size() > 1:  # the earliest bad step of any rank, and its loss there
-            first = int(ddp.all_reduce([float(first)], "min")[0])
-            here = self.first is not None and int(self.first) == first
-            value = ddp.all_reduce([value if here else 0.0], "sum")[0]
+            earliest = int(ddp.all_reduce([float(first)], "min")[0])
+            value = ddp.all_reduce([value if first == earliest else 0.0], "sum")[0]
+            first = earliest
         if first != NO_STEP:
             raise NonFiniteLoss(f"{self.desc}: non-finite loss {value} at step {first} "
                                 f"(lr={self.lr_at(first):.3g}); nothing was promoted")
@@ -274,7 +276,8 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
             ema.load_state_dict(st["ema"])
             opt.load_state_dict(st["optimizer"])
             generator.set_state(st["generators"][rank] if world > 1 else st["generator"])
-            set_global_rng_state(st["rngs"][rank] if world > 1 else st.get("rng"), dev)
+            set_global_rng_state((st.get("rngs") or [None] * world)[rank] if world > 1
+                                 else st.get("rng"), dev)
             history, start = list(st["history"]), int(st["step"])
             spent = float(st.get("train_seconds", 0.0))
             log.info("resuming %s from step %d (%s)", desc, start, state_path)
@@ -324,52 +327,50 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
                mininterval=1.0, dynamic_ncols=True, disable=not ddp.is_main())
     done, stopped_by, last = start, "steps", None
-    with PreemptionSignals() as sig:
-        for step in bar:
-            if budget is not None:
-                over = budget_reached(elapsed(), budget)
-                if world > 1:  # every rank stops at the same step (rank 0's clock need not agree)
-                    over = bool(ddp.all_reduce([float(over)], "max")[0])
-                if over:
-                    stopped_by = "time_budget"
-                    break
-            received = sig.received
-            if world > 1:  # every rank stops at the same step when any of them was signalled
-                received = int(ddp.all_reduce([received or 0], "max")[0]) or None
-            if received is not None:
-                bar.close()
-                save_state(step)
-                raise Interrupted(received, step)
-            lr = lr0 * lr_factor(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if cudagraphs:  # a new iteration: the graphs' outputs of the last one are done
-                torch.compiler.cudagraph_mark_step_begin()
-            with amp:
-                loss, extras = loss_fn(net, step, generator)
-            guard.update(loss, step)
-            logs = (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]
-            if logs:
-                try:
+    try:
+        with PreemptionSignals() as sig:
+            for step in bar:
+                if budget is not None:
+                    over = budget_reached(elapsed(), budget)
+                    if world > 1:  # every rank stops at the same step (clocks need not agree)
+                        over = bool(ddp.all_reduce([float(over)], "max")[0])
+                    if over:
+                        stopped_by = "time_budget"
+                        break
+                received = sig.received
+                if world > 1:  # every rank stops at the same step when any was signalled
+                    received = int(ddp.all_reduce([received or 0], "max")[0]) or None
+                if received is not None:
+                    save_state(step)
+                    raise Interrupted(received, step)
+                lr = lr0 * lr_factor(step, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                if cudagraphs:  # a new iteration: the graphs' outputs of the last one are done
+                    torch.compiler.cudagraph_mark_step_begin()
+                with amp:
+                    loss, extras = loss_fn(net, step, generator)
+                guard.update(loss, step)
+                logs = (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]
+                if logs:
                     guard.check()
-                except NonFiniteLoss:
-                    bar.close()
-                    raise
-            optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients, params)
-            ema_update(ema_params, params, decay)
-            done = step + 1
-            if logs:
-                row = logged_row(step + 1, loss, extras, lr)
-                history.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                if on_log:
-                    on_log(row)
-            else:  # kept in case a time budget ends the run before the next logged step
-                last = (step + 1, loss.detach(), extras, lr)
-            if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["steps"]:
-                save_state(step + 1)
+                optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients,
+                               params)
+                ema_update(ema_params, params, decay)
+                done = step + 1
+                if logs:
+                    row = logged_row(step + 1, loss.detach(), extras, lr)
+                    history.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                    if on_log:
+                        on_log(row)
+                else:  # kept in case a time budget ends the run before the next logged step
+                    last = (step + 1, loss.detach(), extras, lr)
+                if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["steps"]:
+                    save_state(step + 1)
+    finally:
+        bar.close()
     seconds = elapsed()
-    bar.close()
     guard.check()  # the weights returned are never updated from a non-finite loss
     if stopped_by == "time_budget" and last is not None and last[0] == done:
         row = logged_row(*last)  # the last step's row, as a logged step has one
