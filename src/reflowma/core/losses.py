@@ -31,14 +31,15 @@ def tm_loss(v, x_t, t, target, kind="l2", huber_c=None) -> torch.Tensor:
 
 
 def heldout_tm_loss(v, ends: torch.Tensor, K: int, generator: torch.Generator,
-                    n_t: int = 8, batch: int = 4096, device=None) -> float:
+                    n_t: int = 8, batch: int | None = None, device=None) -> float:
     """Mean L2 trajectory-matching loss on held-out couplings ``ends`` ``[N, K + 1, *data]``,
     ``n_t`` uniform times per coupling (from ``generator``, so it is reproducible). Chunks of
-    ``batch`` couplings go to ``device`` (``ends``' own if None), where ``v`` is; the sum
-    stays there (float64) until the end."""
+    ``batch`` couplings (None: all at once) go to ``device`` (``ends``' own if None), where
+    ``v`` is; the sum stays there (float64) until the end."""
     from reflowma.core.interpolant import piecewise_pair
 
     dev = ends.device if device is None else torch.device(device)
+    batch = batch or max(1, ends.shape[0])
     total, count = torch.zeros((), dtype=torch.float64, device=dev), 0
     with torch.no_grad():
         for _ in range(n_t):

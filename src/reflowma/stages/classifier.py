@@ -121,7 +121,7 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
                        out / "state.pt", fp, "classifier", on_log)
     seconds = time.perf_counter() - t0
     ema.eval()
-    ebs = cfg.get("eval", {}).get("batch_size", 1000)
+    ebs = cfg["eval"]["batch_size"]
     acc, train_acc = accuracy(ema, x_te, y_te, dev, ebs), accuracy(ema, x_tr, y_tr, dev, ebs)
     meta = {"net": cfg["net"], "image_shape": list(shape), "n_classes": len(classes),
             "data": classifier_data_key(cfg["data"]), "seed": cfg["seed"], "fingerprint": fp,

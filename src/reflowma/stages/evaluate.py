@@ -131,7 +131,7 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
     res["heldout_tm_loss"] = losses.heldout_tm_loss(
         student, test_ends, K, generator(cfg["seed"], "heldout"),
-        n_t=cfg.get("heldout_times", 8), batch=bs or test_ends.shape[0], device=dev)
+        n_t=cfg["heldout_times"], batch=bs, device=dev)
     write_json(out_path, res)
     log.info("evaluate: wrote %s", out_path)
     return res
