@@ -53,7 +53,7 @@ def wf(tmp_path_factory):
     preset["evaluate"]["audit"]["enabled"] = True
     (root / "smoke.yaml").write_text(yaml.safe_dump(preset))
     (root / "grid.yaml").write_text(yaml.safe_dump(GRID))
-    cmd = ["timeout", "-k", "10", "300", SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
+    cmd = ["timeout", "-k", "10", "900", SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(root), "--cores", "2", "--config", f"preset={root}/smoke.yaml",
            f"grid={root}/grid.yaml", f"results={root}/results"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=root)

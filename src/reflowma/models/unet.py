@@ -43,6 +43,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -200,9 +201,13 @@ class UNetVelocity(nn.Module):
 
 def attention_backend(x: torch.Tensor):
     """The attention kernels of a forward on ``x``: any (the fused ones where they apply), or
-    the math backend alone when ``x`` requires grad and grad mode is on, because a derivative
-    with respect to x may itself be differentiated (the fused kernels' backward has none)."""
-    if x.requires_grad and torch.is_grad_enabled():
+    the math backend alone when a derivative with respect to x is taken: ``x`` requires grad
+    in grad mode (that derivative may itself be differentiated, and the fused kernels' backward
+    has no derivative), or ``x`` carries a forward-mode tangent (``torch.func.jvp``, dual
+    tensors: the fused kernels have no forward-mode formula)."""
+    if ((x.requires_grad and torch.is_grad_enabled())
+            or forward_ad.unpack_dual(x).tangent is not None
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
 
