@@ -2,7 +2,7 @@
 # Sacred run records (`reflowma report`; missing or failed grid points stay visible as rows).
 # `snakemake --report report.html` collects the figures and the two web pages (all tables,
 # the claims) marked with report() below, with the captions in workflow/report/.
-from reflowma.report import layout as rlayout
+from reflowma.report import layout as report_layout
 
 
 report: "../report/workflow.rst"
@@ -16,12 +16,10 @@ REPORT = f"{RESULTS}/report"
 # grid calls the dataset, and whether the audit runs). report_figure (common.smk) flags each:
 # a line of a .smk that starts with `report(` is taken for the `report:` directive by
 # snakefmt 2.1.0, which then cannot parse its own output.
-EVALUATE_CONFIGS = {
-    key[0]: cfg for (stage, key), cfg in CONFIGS.items() if stage == "evaluate"
-}
+EVALUATE_CONFIGS = {key[0]: cfg for (stage, key), cfg in CONFIGS.items() if stage == "evaluate"}
 REPORT_FIGURES = [
     report_figure(REPORT, f)
-    for f in rlayout.expected_figures(
+    for f in report_layout.expected_figures(
         [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS], EVALUATE_CONFIGS
     )
 ]
