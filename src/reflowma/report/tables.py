@@ -256,7 +256,7 @@ def effects_table(dataset: str, methods, statuses, ld: pd.DataFrame) -> Table:
         for k in ("mean", "std", "n", "ci_lo", "ci_hi", "p", "scale", "expected", "agrees")]
     frame = pd.DataFrame(rows, columns=cols)
     t = Table(f"{dataset}/effects", f"{dataset}, regularizer vs lam-0 control at NFE = K "
-              "(% change; expected results)", dataset, None, metrics, frame, cells)
+              "(% or absolute change; expected results)", dataset, None, metrics, frame, cells)
     t.notes = ["Δ: mean ± std over seeds of 100·(method − control)/|control| (%) with its "
                "95% t-interval, at the student's own NFE = K; p: paired t-test on the raw "
                "values.",
