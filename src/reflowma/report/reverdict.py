@@ -2,8 +2,8 @@
 ``python -m reflowma.report.reverdict FOLDER`` reads ``FOLDER/claims.json`` (a report's, e.g.
 ``docs/results/mnist``), recomputes every regularizer verdict with the power of its tests
 (``claims.reverdict``: the SD of the paired differences follows from the mean difference, p
-and the number of seeds it kept) and writes ``claims.json``, ``claims.md`` and
-``claims.html`` there. It prints each claim's and point's verdict before -> after."""
+and the number of seeds it kept) and writes ``claims.json`` and ``claims.md`` there. It
+prints each claim's and point's verdict before -> after."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from reflowma.infra.storage.atomic import write_json
-from reflowma.report import claims, claims_markdown, layout, webpage
+from reflowma.report import claims, claims_markdown, layout
 from reflowma.report.build import jsonable, write_text
 
 
@@ -32,7 +32,6 @@ def reverdict_folder(folder: Path) -> list[str]:
     md = claims_markdown.markdown_text(new, figures)
     write_json(folder / "claims.json", jsonable(new))
     write_text(folder / "claims.md", md)
-    write_text(folder / "claims.html", webpage.page(md, "reflowma report: claims"))
     return lines
 
 
