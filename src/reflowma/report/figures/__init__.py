@@ -40,7 +40,7 @@ from reflowma.report.figures.audit import fig_local, fig_tm_marginal
 from reflowma.report.figures.curves import fig_nfe, fig_training
 from reflowma.report.figures.heatmaps import fig_heatmaps
 from reflowma.report.figures.samples import fig_images, fig_samples
-from reflowma.report.figures.style import FigureError, NoData, save, style
+from reflowma.report.figures.style import FigureError, NoData, apply_theme, save
 from reflowma.report.layout import file_stem
 
 __all__ = ["FigureError", "NoData", "PLACEHOLDERS", "fig_heatmaps", "fig_images", "fig_local",
@@ -87,7 +87,7 @@ def make_figures(runs: pd.DataFrame, tables, out_dir, expected=None,
     datasets = collect.unique(t.dataset for t in tables)
     paths, why = [], {}
     with plt.rc_context():
-        style()
+        apply_theme()
         for ds in datasets:
             t = next(t for t in tables if t.dataset == ds)
             methods = list(t.frame.loc[t.frame["kind"] == "method", "method"])

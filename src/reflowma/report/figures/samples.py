@@ -58,7 +58,7 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
     n = len(panels)
     ncol = min(n, 3 if n <= 6 else 4)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.8 * ncol, 2.9 * nrow), squeeze=False,
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.8 * ncol, 3.1 * nrow), squeeze=False,
                              sharex=True, sharey=True)
     lim = float(np.quantile(np.abs(np.concatenate([p[1] for p in panels])), 0.995)) * 1.1
     dot = {"s": 2.5, "linewidths": 0, "rasterized": True}
@@ -95,6 +95,7 @@ def fig_samples(runs: pd.DataFrame, dataset: str, methods, out_dir: Path) -> lis
     fig.suptitle(f"{dataset}: samples from the same {n_z} noise draws z "
                  f"(evaluation of seed~{seed})", y=1.0)
     fig.tight_layout()
+    fig.subplots_adjust(hspace=0.3)  # room for the two-line titles of the row below
     legend_below(fig, handles, labs, ncol=5 if ncol >= 3 else 2)
     return save(fig, out_dir, f"samples_{file_stem(dataset)}")
 

@@ -38,7 +38,7 @@ class FigureError(RuntimeError):
     """A figure function failed (not for lack of data); the cause is chained."""
 
 
-def style():
+def apply_theme():
     sns.set_theme(context="paper", style="whitegrid", rc=RC)
 
 
