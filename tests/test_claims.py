@@ -213,6 +213,13 @@ def test_relative_change_only_away_from_zero():
     assert not report_stats.relative_ok([1e-9], 1e-2)  # |change| > 1000 % of the control
     assert not report_stats.relative_ok([0.001, 0.01, 0.1], 0.0)  # mean < 2 standard errors
     assert report_stats.relative_ok([0.02], 0.1)
+    # above zero but inside the noise the metric's own estimates show (an unbiased MMD² of
+    # two samples of one distribution at -0.004): not meaningfully above zero
+    noise = report_stats.estimator_noise([0.3, -0.004, 0.0002, -0.001, float("nan")])
+    assert noise == 0.004
+    assert not report_stats.relative_ok([0.0003], 0.0001, noise=noise)
+    assert report_stats.relative_ok([0.0085], 0.001, noise=noise)
+    assert report_stats.estimator_noise([0.1, 0.0, 2.0]) == 0.0  # no negative estimate
 
 
 def test_kept_claims_rejudged_without_records(tmp_path):

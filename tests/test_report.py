@@ -33,6 +33,7 @@ from reflowma.infra.runs import (
     parse_job,
 )
 from reflowma.report import build_report, figures, layout, markdown, points, render, tables
+from reflowma.report.figures import heatmaps
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -307,6 +308,10 @@ def test_markdown_tables_fit_100_columns(wf, tmp_path):
     assert {"tables/all.md", "claims.md", "tables/8gaussians_nfe1.md",
             "tables/8gaussians_effects.md", "tables/8gaussians_local.md"} <= set(widths)
     assert all(0 < w <= markdown.WIDTH for w in widths.values()), widths
+    for f in wf["out"].rglob("*.md"):  # prose too, but a word longer than a line (a path)
+        long = [ln for ln in f.read_text().splitlines()
+                if len(ln) > markdown.WIDTH and " " in ln.strip()]
+        assert not long, (f, long)
     md = (wf["out"] / "tables/8gaussians_nfe1.md").read_text()
     t = {t.name: t for t in tables.build_tables(load_runs(wf["runs"]), wf["jobs"])}[NFE1]
     for metric in t.metrics:  # every column is in one of the parts
@@ -452,6 +457,14 @@ def test_heatmap_figure(tmp_path):
     paths = figures.fig_heatmaps(pd.DataFrame(rows), "moons", methods, tmp_path)
     assert [p.name for p in paths] == ["heatmap_moons.png", "heatmap_moons.pdf"]
     assert all(p.stat().st_size > 5000 for p in paths)
+    # the colour is the % gap to the panel's best cell, unless that best lies inside the
+    # estimator noise the metric's negative estimates show (then no %: one grey)
+    grid = np.array([[0.0002, 0.0004], [0.3, 0.0003]])
+    gap, best = heatmaps.gaps(grid, "lower")
+    assert best == 0.0002 and gap[0, 1] == pytest.approx(100.0) and gap[1, 0] > 1000
+    assert heatmaps.gaps(grid, "lower", noise=0.004)[0] is None
+    assert heatmaps.gaps(grid, "lower", noise=1e-4)[0] is not None
+    assert heatmaps.gaps(-grid, "lower")[0] is None  # best <= 0
     assert layout.expected_stems([f"evaluate/moons/seed~0/{m}" for m in methods]) == [
         "nfe_moons", "training_moons", "local_moons", "tm_marginal_moons", "heatmap_moons",
         "samples_moons"]

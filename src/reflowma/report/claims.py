@@ -31,6 +31,7 @@ from reflowma.report.stats import (
     ALPHA,
     POWER,
     RELATIVE_RULE,
+    estimator_noise,
     mde,
     paired_sd_from_p,
     paired_test,
@@ -74,14 +75,15 @@ def outcome(p: float, mean_diff: float, metric: str, n: int) -> str:
     return "n.s."
 
 
-def power_fields(diffs, control_values) -> dict:
+def power_fields(diffs, control_values, noise: float = 0.0) -> dict:
     """SD of the paired differences, the MDE (absolute, and % of the control where
-    ``relative_ok``) and the seeds that would detect the observed mean difference."""
+    ``relative_ok`` at the metric's estimator ``noise``) and the seeds that would detect the
+    observed mean difference."""
     n = len(diffs)
     mean = float(np.mean(diffs)) if n else math.nan
     sd = float(np.std(diffs, ddof=1)) if n >= 2 else math.nan
     control = float(np.mean(control_values)) if n else math.nan
-    relative = relative_ok(control_values, mean)
+    relative = relative_ok(control_values, mean, noise=noise)
     m = mde(sd, n)
     need = seeds_needed(mean, sd) if n >= 2 else None
     return {"sd_diff": sd, "mde": m, "relative": relative,
@@ -124,7 +126,8 @@ def compare_point(ld: pd.DataFrame, method: str, base: str, K: int) -> dict:
         rows.append({"metric": m, "seeds": seeds, "mean_diff": mean,
                      "control_mean": float(np.mean([b[s] for s in seeds])) if seeds else math.nan,
                      "p": p, "outcome": outcome(p, mean, m, len(seeds)),
-                     **power_fields(diff, [b[s] for s in seeds]),
+                     **power_fields(diff, [b[s] for s in seeds],
+                                    noise=estimator_noise(ld.loc[ld["metric"] == m, "value"])),
                      "run_ids": [aid[s] for s in seeds],
                      "control_run_ids": [bid[s] for s in seeds]})
     return {"method": method, "control": base, "K": K, "metrics": rows,

@@ -21,7 +21,7 @@ from reflowma.infra.runs import load_runs
 from reflowma.infra.storage.atomic import atomic_path, write_json
 from reflowma.report import collect, markdown
 from reflowma.report.points import window_count
-from reflowma.report.stats import RELATIVE_CONDITION, paired_test, relative_ok
+from reflowma.report.stats import RELATIVE_CONDITION, estimator_noise, paired_test, relative_ok
 
 METRICS = (*spec.CLAIM_METRICS, "kl_knn", "heldout_tm_loss", "w2_data")
 
@@ -52,6 +52,8 @@ def compare_long(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], dict]:
     rows = []
     for ds, m in sorted(keys_a & keys_b, key=lambda k: (k[0], collect.job_key(k[1]))):
         for metric in METRICS:
+            noise = estimator_noise(pd.concat(
+                [f.loc[(f["dataset"] == ds) & (f["metric"] == metric), "value"] for f in (a, b)]))
             va = {int(r.seed): r.value for r in a[(a["dataset"] == ds) & (a["method"] == m)
                                                   & (a["metric"] == metric)].itertuples()}
             vb = {int(r.seed): r.value for r in b[(b["dataset"] == ds) & (b["method"] == m)
@@ -66,7 +68,7 @@ def compare_long(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[dict], dict]:
             other = [vb[s] for s in common]
             rows.append({"dataset": ds, "point": m, "metric": metric, "this": ma, "other": mb,
                          "diff": d, "diff_pct": 100 * d / abs(np.mean(other))
-                         if relative_ok(other, d) else math.nan,
+                         if relative_ok(other, d, noise=noise) else math.nan,
                          "seeds": common, "p": p})
     unmatched = {"only_this": sorted(f"{d}/{m}" for d, m in keys_a - keys_b),
                  "only_other": sorted(f"{d}/{m}" for d, m in keys_b - keys_a)}

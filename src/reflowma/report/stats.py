@@ -103,17 +103,27 @@ def paired_sd_from_p(mean_diff: float, p: float, n: int) -> float:
     return abs(mean_diff) * math.sqrt(n) / t
 
 
-RELATIVE_CONDITION = ("positive in every seed, its mean at least twice its standard error over "
-                      "seeds and at least a tenth of the absolute change (|Δ| ≤ 1000 %)")
+RELATIVE_CONDITION = ("positive in every seed and above the metric's estimator noise (the largest "
+                      "|negative estimate| of it in the report), its mean at least twice its "
+                      "standard error over seeds and at least a tenth of the absolute change "
+                      "(|Δ| ≤ 1000 %)")
 RELATIVE_RULE = (f"relative changes (%) only where the control is meaningfully above zero "
                  f"({RELATIVE_CONDITION}); elsewhere the absolute difference (marked abs)")
 
 
-def relative_ok(control_values, mean_diff: float) -> bool:
-    """Whether a change is shown relative to its control (``RELATIVE_RULE``; every metric of
-    the spec is a non-negative quantity: a control at or below zero is estimator noise)."""
+def estimator_noise(values) -> float:
+    """The noise a metric's estimates reveal about themselves: every metric of the spec is a
+    non-negative quantity, so a negative estimate (an unbiased MMD², a kNN KL) is estimation
+    noise, and a value below the largest such magnitude is not told apart from zero. 0 where
+    no estimate is negative."""
+    return max((-x for x in map(num, values) if x < 0), default=0.0)
+
+
+def relative_ok(control_values, mean_diff: float, noise: float = 0.0) -> bool:
+    """Whether a change is shown relative to its control (``RELATIVE_RULE``; ``noise``: the
+    metric's ``estimator_noise``, which the control must exceed in every seed)."""
     v = np.asarray([x for x in control_values if not np.isnan(num(x))], dtype=float)
-    if len(v) == 0 or (v <= 0).any():
+    if len(v) == 0 or (v <= noise).any():
         return False
     mean = float(v.mean())
     if len(v) >= 2 and mean < 2 * float(v.std(ddof=1)) / math.sqrt(len(v)):

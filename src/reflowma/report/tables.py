@@ -37,6 +37,7 @@ from reflowma.report.collect import (
 from reflowma.report.points import baseline_of, window_count
 from reflowma.report.stats import (
     RELATIVE_CONDITION,
+    estimator_noise,
     json_stats,
     none_if_nan,
     paired_test,
@@ -233,7 +234,8 @@ def effects_table(dataset: str, methods, statuses, ld: pd.DataFrame) -> Table:
             b, bid = by_seed(ld, base, K, metric)
             common = sorted(s for s in set(a) & set(b) if not (np.isnan(a[s]) or np.isnan(b[s])))
             diff = [a[s] - b[s] for s in common]
-            relative = relative_ok([b[s] for s in common], np.mean(diff) if diff else np.nan)
+            relative = relative_ok([b[s] for s in common], np.mean(diff) if diff else np.nan,
+                                   noise=estimator_noise(ld.loc[ld["metric"] == metric, "value"]))
             vals = [100.0 * d / abs(b[s]) for d, s in zip(diff, common, strict=True)] \
                 if relative else diff
             s = summarize(vals)

@@ -24,6 +24,7 @@ from reflowma.report.figures.style import (
     save,
     scale_y,
     short_labels,
+    spread_note,
 )
 from reflowma.report.layout import file_stem
 from reflowma.report.points import window_count
@@ -85,8 +86,8 @@ def fig_local(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[
         ax.set_ylabel(axis_label("score_error"))
         ax.set_title("teacher: score error vs exact mixture score", pad=26)
         scale_y(ax, ms["mean"])
-    fig.suptitle(f"{dataset}: local audit of the K-step sampler (NFE = K; bars: mean over "
-                 "seeds, whiskers: ±1 std)", y=1.0)
+    fig.suptitle(f"{dataset}: local audit of the K-step sampler (NFE = K; "
+                 f"{spread_note(d, 'bars', 'whiskers')})", y=1.0)
     compact_ticks(fig)
     fig.tight_layout()
     return save(fig, out_dir, f"local_{file_stem(dataset)}")
@@ -125,7 +126,10 @@ def fig_tm_marginal(long: pd.DataFrame, dataset: str, methods, out_dir: Path) ->
                            marker=marks[m], linewidths=1.4, s=42, label=labels[m])
         ax.set_xlabel(axis_label("heldout_tm_loss"))
         ax.set_ylabel(axis_label(metric))
-        ax.set_title(f"{spec.header(metric)[0]} at NFE = K")
+        absent = [labels[m] for m in methods if m not in set(d["method"])]
+        note = "; ".join(absent) if len(absent) <= 2 else f"{len(absent)} of {len(methods)}"
+        title = f"{spec.header(metric)[0]} at NFE = K"
+        ax.set_title(title + (f"\n(n/a: {note})" if absent else ""))
         ax.margins(0.08)
         ax.xaxis.set_major_locator(ticker.MaxNLocator(5))  # room for each tick label
     handles, labs = [], []
@@ -134,7 +138,8 @@ def fig_tm_marginal(long: pd.DataFrame, dataset: str, methods, out_dir: Path) ->
             if lab not in labs:
                 handles.append(h)
                 labs.append(lab)
-    fig.suptitle(f"{dataset}: trajectory-matching loss vs marginals (one point per student "
+    sep = " " if len(metrics) > 1 else "\n"  # one panel: too narrow for the title on one line
+    fig.suptitle(f"{dataset}: trajectory-matching loss vs marginals{sep}(one point per student "
                  "and seed)", y=1.0)
     compact_ticks(fig)
     fig.tight_layout()

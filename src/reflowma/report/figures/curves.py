@@ -14,25 +14,27 @@ from reflowma.infra.runs import parse_point
 from reflowma.report import collect
 from reflowma.report.figures.style import (
     CEILING_COLOR,
-    DATA_COLOR,
+    FLOOR_COLOR,
     TEACHER_COLOR,
     NoData,
     axis_label,
     band,
     compact_ticks,
+    is_regularized,
     legend_below,
     mean_std,
     palette,
     save,
     scale_y,
     short_labels,
+    spread_note,
     unique_legend,
 )
 from reflowma.report.layout import file_stem
 
 # per-run reference lines of the NFE figure: (colour, line style, legend)
 REF_LINES = {spec.TEACHER_CEILING: (CEILING_COLOR, ":", "teacher ceiling (many steps)"),
-             spec.DATA_FLOOR: (DATA_COLOR, "-.", "data floor (two data draws)")}
+             spec.DATA_FLOOR: (FLOOR_COLOR, "-.", "data floor (two data draws)")}
 MAX_LINES = 8  # methods per panel before the NFE figure is split into one column per K
 
 
@@ -103,13 +105,11 @@ def fig_nfe(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[Pa
     handles, labs = unique_legend(axes.flat)
     order = sorted(range(len(labs)), key=lambda i: labs[i].startswith("teacher"))
     handles, labs = [handles[i] for i in order], [labs[i] for i in order]
-    fig.suptitle(f"{dataset}: few-step sampling vs NFE (lines: mean over seeds, "
-                 "bands: ±1 std)", y=1.0)
+    fig.suptitle(f"{dataset}: few-step sampling vs NFE ({spread_note(d)})", y=1.0)
     compact_ticks(fig)
     fig.tight_layout()
     legend_below(fig, handles, labs)
     return save(fig, out_dir, f"nfe_{file_stem(dataset)}")
-
 
 
 def _xy(df):
@@ -147,10 +147,11 @@ def fig_training(tl: pd.DataFrame, runs: pd.DataFrame, dataset: str, methods,
             ax.set_title("teacher: flow-matching loss")
             ax.set_ylabel("flow-matching loss [per batch]")
         else:
-            for m in methods:
+            for m in methods:  # dashed λ > 0: its control shows through where they coincide
                 sel = dm[dm["method"] == m]
                 if not sel.empty:
-                    band(ax, *_xy(sel), colors[m], labels[m])
+                    band(ax, *_xy(sel), colors[m], labels[m],
+                         linestyle="--" if is_regularized(m) else "-")
             if warm:  # a regularizer on from step 0 has no switch to mark
                 ax.axvline(warm, color="0.4", linestyle=":", linewidth=1,
                            label="regularizer switched on (warm start)")
@@ -166,7 +167,9 @@ def fig_training(tl: pd.DataFrame, runs: pd.DataFrame, dataset: str, methods,
         for ax, (stage, _) in zip(axes.flat, panels, strict=False):
             if stage == "reflow":
                 ax.set_xlim(0, xs.max() * 1.02)
-    fig.suptitle(f"{dataset}: training curves (lines: mean over seeds, bands: ±1 std)", y=1.0)
+    reflow = d[d["stage"] == "reflow"]
+    dashed = "; dashed: λ > 0" if any(map(is_regularized, methods)) else ""
+    fig.suptitle(f"{dataset}: training curves ({spread_note(reflow)}{dashed})", y=1.0)
     compact_ticks(fig)
     fig.tight_layout()
     legend_below(fig, handles, labs)

@@ -1,7 +1,10 @@
 """λ x K heatmaps (``heatmap_<dataset>[_<other axes>]``): per metric and NFE, the mean over
 seeds of each (λ, K) cell, coloured by how far it lies from the best cell of its panel on one
 scale for every panel: from 1 % (and less: the lightest colour) to 100 % (and more: the
-darkest), logarithmic, so that differences below 1 % do not take up the colour range."""
+darkest), logarithmic, so that differences below 1 % do not take up the colour range. A panel
+whose best cell is not above the metric's estimator noise (``stats.estimator_noise``: e.g.
+MMD² of samples that match the data, where the estimates straddle zero) has no % and one
+grey: its differences are noise."""
 
 from __future__ import annotations
 
@@ -18,24 +21,26 @@ from reflowma.infra.runs import parse_point
 from reflowma.report import layout
 from reflowma.report.figures.style import SYMBOL, NoData, save
 from reflowma.report.points import is_reg_axis
+from reflowma.report.stats import estimator_noise
 
 GAP_RANGE = (1.0, 100.0)  # % from the panel's best cell: the colour scale's ends
 NO_GAP_COLOR = "0.93"  # panels whose best cell is not above zero: no % to colour by
 
 
-def gaps(grid: np.ndarray, better: str) -> tuple[np.ndarray | None, float]:
+def gaps(grid: np.ndarray, better: str, noise: float = 0.0) -> tuple[np.ndarray | None, float]:
     """Per cell, % by which it is worse than the panel's best cell (None where the best is
-    not above zero: a % of it means nothing), and that best value."""
+    not above zero and the metric's estimator ``noise``: a % of it means nothing), and that
+    best value."""
     best = np.nanmin(grid) if better == "lower" else np.nanmax(grid)
-    if not best > 0:
+    if not (best > 0 and best > noise):
         return None, best
     return 100 * np.abs(grid - best) / best, best
 
 
-def _panel(ax, grid, metric, cmap, norm) -> str:
+def _panel(ax, grid, metric, cmap, norm, noise: float) -> str:
     """Draw one panel; returns a note for its title (no %, or every cell within 1 %)."""
     m, _ = spec.lookup(metric)
-    gap, _ = gaps(grid, m.better if m is not None else "lower")
+    gap, best = gaps(grid, m.better if m is not None else "lower", noise)
     if gap is None:
         ax.pcolormesh(np.ma.masked_invalid(grid * 0),  # one grey; n/a cells left blank
                       cmap=mcolors.ListedColormap([NO_GAP_COLOR]), edgecolors="white",
@@ -57,7 +62,7 @@ def _panel(ax, grid, metric, cmap, norm) -> str:
             ax.text(b + 0.5, a + 0.5, txt, ha="center", va="center", fontsize=7, color=color)
     note = ""
     if gap is None:
-        note = " (best ≤ 0: no %)"
+        note = " (best ≤ 0: no %)" if not best > 0 else f" (best < noise {noise:.2g}: no %)"
     elif np.nanmax(gap) < GAP_RANGE[0]:
         note = f" (all within {GAP_RANGE[0]:g} %)"
     return note
@@ -96,7 +101,9 @@ def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> li
                 if np.isnan(grid).all():
                     ax.set_axis_off()
                     continue
-                note = _panel(ax, grid, metric, cmap, norm)
+                noise = estimator_noise(long.loc[(long["dataset"] == dataset)
+                                                 & (long["metric"] == metric), "value"])
+                note = _panel(ax, grid, metric, cmap, norm, noise)
                 ax.set_xticks(np.arange(len(Ks)) + 0.5, [str(k) for k in Ks])
                 ax.set_yticks(np.arange(len(lams)) + 0.5, [str(v) for v in lams])
                 ax.grid(False)
@@ -115,7 +122,9 @@ def fig_heatmaps(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> li
         extra = f" ({', '.join(f'{SYMBOL.get(k, k)}={v}' for k, v in vary)})" if vary else ""
         if any(is_reg_axis(k) and pts[m].get(k) != v for m in ms for k, v in vary):
             extra += "; λ=0 row: the shared λ=0 control"
-        fig.suptitle(f"{dataset}: λ × K, mean over seeds{extra}", y=0.995)
+        n_seeds = d.loc[d["method"].isin(ms), "seed"].nunique()
+        over = "one seed" if n_seeds <= 1 else f"mean over {n_seeds} seeds"
+        fig.suptitle(f"{dataset}: λ × K, {over}{extra}", y=0.995)
         paths += save(fig, out_dir, f"heatmap_{layout.file_stem(dataset)}"
                       + (f"_{suffix}" if suffix else ""))
     return paths

@@ -23,7 +23,8 @@ logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting 
 
 SYMBOL = {"lam": "λ", "ws": "ws", "K": "K", "logdet": "logdet", "eps": "ε", "warm": "warm"}
 TEACHER_COLOR, CEILING_COLOR, FOLD_COLOR = "0.15", "0.45", "#d62728"
-DATA_COLOR, STUDENT_COLOR = "#2ca02c", "#1f77b4"
+DATA_COLOR, STUDENT_COLOR = "#2ca02c", "#1f77b4"  # the sample scatters' data and students
+FLOOR_COLOR = "0.65"  # reference lines are greys (line styles tell them apart): no method's hue
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 RC = {"axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
       "ytick.labelsize": 8, "legend.title_fontsize": 8, "savefig.dpi": 150,
@@ -146,6 +147,24 @@ def unique_legend(axes):
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
     return list(seen.values()), list(seen)
+
+
+def spread_note(df: pd.DataFrame, what: str = "lines", spread: str = "bands") -> str:
+    """The title's account of what a figure's lines and bands are: the mean over seeds and
+    ±1 std, or, with one seed in ``df``, that there is no spread to draw."""
+    n = df["seed"].nunique() if "seed" in df else 0
+    if n <= 1:
+        return f"{what}: one seed, no {spread}"
+    return f"{what}: mean over {n} seeds, {spread}: ±1 std"
+
+
+def is_regularized(method: str) -> bool:
+    """Whether a grid point has the regularizer on (its λ is not 0)."""
+    lam = parse_point(method).get("lam")
+    try:
+        return float(lam) != 0.0
+    except (TypeError, ValueError):
+        return False
 
 
 def mean_std(df: pd.DataFrame, x: str) -> pd.DataFrame:
