@@ -41,7 +41,7 @@ rule report:
         claims_page=report_page(REPORT, "claims.html", "claims", "Claims"),
         figures=REPORT_FIGURES,
     log:
-        f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output
+        f"{REPORT}/logs/report.log",  # next to the report it logs
     conda:
         "../../environment.yml"
     threads: res("report", "threads", 1)

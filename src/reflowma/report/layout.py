@@ -5,7 +5,7 @@ the Snakefile, so this module imports no plotting library, no torch and no scipy
 
 from __future__ import annotations
 
-from reflowma.infra.config import IMAGE_DATASETS, TOY_DATASETS
+from reflowma.data.catalog import TOYS, image_layout
 from reflowma.infra.runs import parse_job, parse_point
 from reflowma.report.collect import num
 from reflowma.report.points import baseline_of
@@ -20,15 +20,16 @@ def dataset_kinds(evaluate_cfg: dict) -> list[str]:
     """The figure kinds particular to a dataset, from its evaluate config (whatever the grid
     calls the dataset): ``local`` where the marginal audit is on; ``samples`` for 2D toys and
     point files (a placeholder says so where a file has more than 2 dimensions); ``images``
-    for image data (mnist, cifar10, the user's ``images``, digits with ``layout: image``)."""
+    where the samples are images (``data.catalog.image_layout``: mnist, cifar10, the user's
+    ``images``, digits with ``layout: image``)."""
     data = evaluate_cfg.get("data") or {}
     name = data.get("name")
     kinds = []
     if (evaluate_cfg.get("audit") or {}).get("enabled", True):
         kinds.append("local")
-    if name in TOY_DATASETS or name == "file":
+    if name in TOYS or name == "file":
         kinds.append("samples")
-    if name in IMAGE_DATASETS or data.get("layout") == "image":
+    if name is not None and image_layout(data):
         kinds.append("images")
     return kinds
 

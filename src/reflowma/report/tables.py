@@ -20,10 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from reflowma.evaluation import spec
-from reflowma.infra.config import params_dir
+from reflowma.infra.config import load_yaml, params_dir
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import (
     by_seed,
@@ -53,7 +52,7 @@ REFERENCE_FILE = "references/prototype_2d.yaml"
 def prototype() -> dict:
     """The prototype's findings: ``{"source": str, "effects": {metric: {"K>=2"|"K=1":
     [low %, high %] | "+"}}}`` from ``params/references/prototype_2d.yaml``."""
-    return yaml.safe_load((params_dir() / REFERENCE_FILE).read_text())
+    return load_yaml(params_dir() / REFERENCE_FILE, "references")
 
 
 @dataclass
