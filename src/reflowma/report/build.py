@@ -122,6 +122,13 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
         write_text(path, text)
         written.append(path)
 
+    def section(name: str, md: str, csv: str) -> None:
+        """A table of its own module: ``tables/<stem>.{md,csv}``, and its Markdown in all.md."""
+        stem = layout.file_stem(name)
+        put(tdir / f"{stem}.md", md)
+        put(tdir / f"{stem}.csv", csv)
+        md_all.append(md)
+
     for t in tables:
         stem = layout.file_stem(t.name)
         md = render.to_markdown(t)
@@ -131,16 +138,14 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
         cells.update(t.cells)
     miss = missing(runs, expected)
     methods = methods_by_dataset(tables)
+    # Tables of their own modules, after the result tables: each dataset's goes through
+    # section(); a new table module plugs in here the same way.
     comparisons = equal_time.comparisons(runs, methods)  # grids with equal_time: true
     if comparisons:
         ef = equal_time.frame(comparisons)
         for ds in collect.unique(ef["dataset"]):
             f = ef[ef["dataset"] == ds]
-            stem = layout.file_stem(f"{ds}/equal_time")
-            md = equal_time.markdown_text(ds, f)
-            put(tdir / f"{stem}.md", md)
-            put(tdir / f"{stem}.csv", f.to_csv(index=False))
-            md_all.append(md)
+            section(f"{ds}/equal_time", equal_time.markdown_text(ds, f), f.to_csv(index=False))
         write_json(out_dir / "equal_time.json",
                    jsonable({"rule": equal_time.RULE, "points": comparisons}))
     all_md = head(runs, runs_dir, miss) + "\n" + "\n".join(md_all)
