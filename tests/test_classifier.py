@@ -125,9 +125,7 @@ def test_image_grid_figure_from_recorded_pngs(tmp_path, monkeypatch):
     import pandas as pd
     from PIL import Image
 
-    from reflowma.report import collect as C
-    from reflowma.report import figures as F
-    from reflowma.report import layout
+    from reflowma.report import collect, figures, layout
 
     def png(name, value):
         p = tmp_path / f"evaluate.grid_{name}.png"
@@ -140,14 +138,14 @@ def test_image_grid_figure_from_recorded_pngs(tmp_path, monkeypatch):
     grids = {"seed": 0, "refs": refs, "missing": [],
              "runs": {m: {n: png(f"student_nfe{n}_{i}", 200) for n in (1, 2)}
                       for i, m in enumerate(methods)}}
-    monkeypatch.setattr(C, "image_grids", lambda runs, ds: grids)
-    paths = F.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
+    monkeypatch.setattr(collect, "image_grids", lambda runs, ds: grids)
+    paths = figures.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
     assert {p.name for p in paths} == {"images_mnist.png", "images_mnist.pdf"}
     h = np.asarray(Image.open(tmp_path / "figs/images_mnist.png")).shape[0]
     assert h > 500  # three rows of panels
-    monkeypatch.setattr(C, "image_grids", lambda runs, ds: {
+    monkeypatch.setattr(collect, "image_grids", lambda runs, ds: {
         "seed": None, "refs": {}, "runs": {}, "missing": ["no completed evaluate run"]})
-    with pytest.raises(F.NoData, match="no completed"):
-        F.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
+    with pytest.raises(figures.NoData, match="no completed"):
+        figures.fig_images(pd.DataFrame(), "mnist", methods, tmp_path / "figs")
     stems = layout.expected_stems([f"evaluate/mnist/seed~0/{m}" for m in methods])
     assert "images_mnist" in stems and "samples_mnist" not in stems

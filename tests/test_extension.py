@@ -61,16 +61,16 @@ def test_plugin_flows_through_a_smoke_run(tmp_path, monkeypatch):
 
     try:
         from reflowma.report import build_report
-        from reflowma.report import figures as F
+        from reflowma.report.figures import curves
 
         titles = []
-        save = F.save
+        save = curves.save
 
         def spy(fig, out_dir, stem):
             titles.extend((stem, ax.get_title()) for ax in fig.axes)
             return save(fig, out_dir, stem)
 
-        monkeypatch.setattr(F, "save", spy)
+        monkeypatch.setattr(curves, "save", spy)
         out = build_report(results / "runs", tmp_path / "report")
         table = pd.read_csv(tmp_path / "report" / "tables" / "demo_ring_nfe2.csv")
         assert "demo_radius.mean" in table.columns, list(table.columns)

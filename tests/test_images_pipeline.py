@@ -160,6 +160,11 @@ def test_image_grid_layout():
     for i in (0, 9, 63):  # image i at grid row i // 8, column i % 8
         r, c = divmod(i, 8)
         assert (g[2 * r: 2 * r + 2, 5 * c: 5 * c + 5] == int(u8[i])).all()
+    # fewer images: the smallest square that holds them (16: 4 x 4, 10: 4 x 4, 6 places black)
+    assert evaluate.image_grid(x[:16]).shape == (8, 20, 3)
+    g = evaluate.image_grid(x[:10])
+    assert g.shape == (8, 20, 3) and (g[4:6, 5:10] == int(u8[9])).all()  # row 2, column 1
+    assert (g[4:6, 10:20] == 0).all() and (g[6:8] == 0).all()
 
 
 def test_bf16_is_refused_on_cpu():

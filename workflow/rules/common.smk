@@ -172,6 +172,12 @@ def report_figure(folder, f):
     )
 
 
+def report_page(folder, path, caption, category):
+    """A web page of the report `folder` (its tables or claims, rendered from the Markdown),
+    flagged for `snakemake --report`, which shows HTML on its page."""
+    return report(f"{folder}/{path}", caption=f"../report/{caption}.rst", category=category)
+
+
 # Equal-time controls (grid `equal_time: true`): the reflow job of one reads the record of the
 # regularized student it is timed against, so that student trains first.
 EQUAL_TIME = {(p.dataset, p.seed, p.name): p.equal_time[0] for p in POINTS if p.equal_time}

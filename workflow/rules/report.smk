@@ -1,8 +1,8 @@
 # The report: tables, figures and a flat metrics summary of every evaluation, read back from the
 # Sacred run records (`reflowma report`; missing or failed grid points stay visible as rows).
-# `snakemake --report report.html` collects the figures marked with report() below, with the
-# captions in workflow/report/.
-from reflowma.report import layout as rlayout
+# `snakemake --report report.html` collects the figures and the two web pages (all tables,
+# the claims) marked with report() below, with the captions in workflow/report/.
+from reflowma.report import layout as report_layout
 
 
 report: "../report/workflow.rst"
@@ -11,21 +11,17 @@ report: "../report/workflow.rst"
 REPORT = f"{RESULTS}/report"
 
 
-# The report's PNG figures, flagged for `snakemake --report` (the local-audit figure only where
-# the evaluate stage runs the audit); reflowma.report.layout names them. report_figure
-# (common.smk) flags each: a line of a .smk that starts with `report(` is taken for the
-# `report:` directive by snakefmt 2.1.0, which then cannot parse its own output.
-_AUDIT = {
-    key[0]
-    for (stage, key), cfg in CONFIGS.items()
-    if stage == "evaluate" and cfg["audit"]["enabled"]
-}
+# The report's PNG figures, flagged for `snakemake --report`: reflowma.report.layout names
+# them from the job names and each dataset's evaluate config (its data section, whatever the
+# grid calls the dataset, and whether the audit runs). report_figure (common.smk) flags each:
+# a line of a .smk that starts with `report(` is taken for the `report:` directive by
+# snakefmt 2.1.0, which then cannot parse its own output.
+EVALUATE_CONFIGS = {key[0]: cfg for (stage, key), cfg in CONFIGS.items() if stage == "evaluate"}
 REPORT_FIGURES = [
     report_figure(REPORT, f)
-    for f in rlayout.expected_figures(
-        [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS]
+    for f in report_layout.expected_figures(
+        [f"evaluate/{p.dataset}/seed~{p.seed}/{p.name}" for p in POINTS], EVALUATE_CONFIGS
     )
-    if f["kind"] != "local" or f["dataset"] in _AUDIT
 ]
 
 
@@ -38,9 +34,11 @@ rule report:
     output:
         metrics=f"{REPORT}/metrics.json",
         summary=f"{REPORT}/summary.json",
-        tables=report(f"{REPORT}/tables/all.md", caption="../report/tables.rst", category="Tables"),
+        tables=f"{REPORT}/tables/all.md",
+        tables_page=report_page(REPORT, "tables/all.html", "tables", "Tables"),
         plots=f"{REPORT}/plots/nfe.csv",
         claims=f"{REPORT}/claims.md",
+        claims_page=report_page(REPORT, "claims.html", "claims", "Claims"),
         figures=REPORT_FIGURES,
     log:
         f"{REPORT}/logs/report.log",  # next to the report it logs

@@ -1,4 +1,5 @@
-"""claims.md: each claim of the paper, the evidence that tests it and a computed verdict.
+"""claims.json: each claim of the paper, the evidence that tests it and a computed verdict
+(``claims_markdown`` writes claims.md from it).
 
 * Theorem 1 (equal trajectory-matching loss, different marginals): the closed-form
   counterexample (``reflowma theory counterexample``'s JSON, passed in: the report layer does not
@@ -7,7 +8,9 @@
   with an audit (``audit.telescoping``);
 * "the regularizer improves few-step marginals", for vanilla (K = 1) and piecewise (K > 1)
   reflow: paired t-tests against the lam-0 control on ``spec.CLAIM_METRICS`` (and
-  ``spec.CLAIM_METRICS_WHERE_PRESENT`` where computed) at NFE = K.
+  ``spec.CLAIM_METRICS_WHERE_PRESENT`` where computed) at NFE = K, each with its power: the
+  minimum detectable effect at the seeds there are and the seeds that would detect the
+  observed effect (``stats.mde``, ``stats.seeds_needed``).
 
 Verdicts come from ``RULE`` applied to the records; nothing is typed by hand.
 """
@@ -18,17 +21,32 @@ import math
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
 from reflowma.evaluation import spec
-from reflowma.infra.runs import parse_point
 from reflowma.registry import InputError
-from reflowma.report import collect as C
+from reflowma.report import collect
 from reflowma.report.collect import by_seed
-from reflowma.report.stats import baseline_of, paired_test
+from reflowma.report.points import baseline_of, window_count
+from reflowma.report.stats import (
+    ALPHA,
+    POWER,
+    RELATIVE_RULE,
+    estimator_noise,
+    mde,
+    paired_sd_from_p,
+    paired_test,
+    relative_ok,
+    seeds_needed,
+)
 
-ALPHA = 0.05
-SUPPORTED, NOT_SUPPORTED, MIXED, UNTESTED = "supported", "not supported", "mixed", "untested"
+SUPPORTED, CONTRADICTED, MIXED = "supported", "contradicted", "mixed"
+INCONCLUSIVE, UNTESTED = "inconclusive", "untested"
+NOT_SUPPORTED = "not supported"  # a theorem's deterministic check that fails
+POWER_RULE = (f"MDE: the minimum detectable effect of the two-sided paired t-test at α = "
+              f"{ALPHA}, {POWER:.0%} power, at the seeds tested, for the observed SD of the "
+              f"paired differences (noncentral t; about (t_(1−α/2, n−1) + t_(0.8, n−1))·SD/√n); "
+              f"seeds needed: the fewest paired seeds with {POWER:.0%} power for the observed "
+              f"mean difference at that SD. Δ and MDE are {RELATIVE_RULE}.")
 RULE = (f"Per regularized grid point against its λ = 0 control (same dataset, K and other "
         f"axes), on each marginal metric ({', '.join(spec.CLAIM_METRICS)}; KL by change of "
         f"variables, else its kNN estimate where the map folds; and "
@@ -36,15 +54,11 @@ RULE = (f"Per regularized grid point against its λ = 0 control (same dataset, K
         f"at NFE = K, paired over seeds: "
         f"*better* if the paired t-test gives p < {ALPHA} and the mean moves the good way, "
         f"*worse* if p < {ALPHA} the other way, else n.s.; fewer than 2 paired seeds: untested. "
-        f"A point is **supported** if at least one metric is better and none worse, **mixed** "
-        f"if some are better and some worse, **not supported** if none is better. The claim is "
-        f"supported if every tested point is, not supported if no tested point is, else mixed; "
-        f"untested if no point could be tested.")
-
-
-def _f(x, digits=4) -> str:
-    x = C.num(x)
-    return "–" if np.isnan(x) else f"{x:.{digits}g}"
+        f"A point is **supported** if at least one metric is better and none worse, "
+        f"**contradicted** if at least one is worse and none better, **mixed** if some are "
+        f"better and some worse, **inconclusive** if none is significant either way (its MDE "
+        f"says what effect the seeds could have shown). The claim takes the verdict its tested "
+        f"points share, mixed where they differ; untested if no point could be tested.")
 
 
 def _better_sign(metric: str) -> int:
@@ -52,8 +66,46 @@ def _better_sign(metric: str) -> int:
     return -1 if m is None or m.better == "lower" else 1
 
 
+def outcome(p: float, mean_diff: float, metric: str, n: int) -> str:
+    """better / worse (p < ALPHA, the mean moving the good / bad way), n.s., or untested."""
+    if n < 2 or np.isnan(p):
+        return "untested"
+    if p < ALPHA:
+        return "better" if np.sign(mean_diff) == _better_sign(metric) else "worse"
+    return "n.s."
+
+
+def power_fields(diffs, control_values, noise: float = 0.0) -> dict:
+    """SD of the paired differences, the MDE (absolute, and % of the control where
+    ``relative_ok`` at the metric's estimator ``noise``) and the seeds that would detect the
+    observed mean difference."""
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else math.nan
+    sd = float(np.std(diffs, ddof=1)) if n >= 2 else math.nan
+    control = float(np.mean(control_values)) if n else math.nan
+    relative = relative_ok(control_values, mean, noise=noise)
+    m = mde(sd, n)
+    need = seeds_needed(mean, sd) if n >= 2 else None
+    return {"sd_diff": sd, "mde": m, "relative": relative,
+            "rel_pct": 100 * mean / abs(control) if relative else math.nan,
+            "mde_rel_pct": 100 * m / abs(control) if relative else math.nan,
+            "seeds_needed": need}
+
+
+def point_verdict(outcomes) -> str:
+    """One grid point's verdict from its metrics' outcomes (RULE)."""
+    tested = [o for o in outcomes if o != "untested"]
+    better, worse = tested.count("better"), tested.count("worse")
+    if not tested:
+        return UNTESTED
+    if better and worse:
+        return MIXED
+    return SUPPORTED if better else CONTRADICTED if worse else INCONCLUSIVE
+
+
 def compare_point(ld: pd.DataFrame, method: str, base: str, K: int) -> dict:
-    """Paired tests of one regularized point against its control on the claim metrics."""
+    """Paired tests of one regularized point against its control on the claim metrics, with
+    their power."""
     rows = []
     for metric in (*spec.CLAIM_METRICS, *spec.CLAIM_METRICS_WHERE_PRESENT):
         m = metric
@@ -71,36 +123,24 @@ def compare_point(ld: pd.DataFrame, method: str, base: str, K: int) -> dict:
                 m, a, aid, b, bid, p, seeds = fb, fa, faid, fbv, fbid, fp, fseeds
         diff = [a[s] - b[s] for s in seeds]
         mean = float(np.mean(diff)) if diff else math.nan
-        base_mean = float(np.mean([b[s] for s in seeds])) if seeds else math.nan
-        if len(seeds) < 2 or np.isnan(p):
-            outcome = "untested"
-        elif p < ALPHA:
-            outcome = "better" if np.sign(mean) == _better_sign(m) else "worse"
-        else:
-            outcome = "n.s."
-        rows.append({"metric": m, "seeds": seeds, "mean_diff": mean, "control_mean": base_mean,
-                     "rel_pct": 100 * mean / abs(base_mean) if base_mean else math.nan,
-                     "p": p, "outcome": outcome,
+        rows.append({"metric": m, "seeds": seeds, "mean_diff": mean,
+                     "control_mean": float(np.mean([b[s] for s in seeds])) if seeds else math.nan,
+                     "p": p, "outcome": outcome(p, mean, m, len(seeds)),
+                     **power_fields(diff, [b[s] for s in seeds],
+                                    noise=estimator_noise(ld.loc[ld["metric"] == m, "value"])),
                      "run_ids": [aid[s] for s in seeds],
                      "control_run_ids": [bid[s] for s in seeds]})
-    tested = [r for r in rows if r["outcome"] != "untested"]
-    better = sum(r["outcome"] == "better" for r in tested)
-    worse = sum(r["outcome"] == "worse" for r in tested)
-    verdict = (UNTESTED if not tested else MIXED if better and worse
-               else SUPPORTED if better else NOT_SUPPORTED)
-    return {"method": method, "control": base, "K": K, "metrics": rows, "verdict": verdict}
+    return {"method": method, "control": base, "K": K, "metrics": rows,
+            "verdict": point_verdict(r["outcome"] for r in rows)}
 
 
 def combine(verdicts) -> str:
-    """One verdict from the points' verdicts (RULE)."""
-    tested = [v for v in verdicts if v != UNTESTED]
+    """One verdict from the points' verdicts (RULE): the verdict every tested point has, else
+    mixed; untested without a tested point."""
+    tested = {v for v in verdicts if v != UNTESTED}
     if not tested:
         return UNTESTED
-    if all(v == SUPPORTED for v in tested):
-        return SUPPORTED
-    if not any(v in (SUPPORTED, MIXED) for v in tested):
-        return NOT_SUPPORTED
-    return MIXED
+    return tested.pop() if len(tested) == 1 else MIXED
 
 
 def regularizer_claims(long: pd.DataFrame, methods_by_dataset: dict) -> dict:
@@ -112,7 +152,7 @@ def regularizer_claims(long: pd.DataFrame, methods_by_dataset: dict) -> dict:
             base = baseline_of(m, methods)
             if base is None:
                 continue
-            K = int(C.num(parse_point(m).get("K", 1)) or 1)
+            K = window_count(m)
             r = compare_point(ld, m, base, K) | {"dataset": ds}
             out["vanilla" if K == 1 else "piecewise"].append(r)
     return {k: {"points": v, "verdict": combine(p["verdict"] for p in v)}
@@ -169,8 +209,8 @@ def theorem1_claim(ce: dict | None, source: str) -> dict:
         return {"verdict": UNTESTED, "source": source, "students": {}}
     st = ce["students"]
     nfe = str(min(int(n) for n in ce["nfe"]))
-    tm = [C.num(s["tm_loss"]) for s in st.values()]
-    w2 = [C.num(s["w2"][nfe]) for s in st.values()]
+    tm = [collect.num(s["tm_loss"]) for s in st.values()]
+    w2 = [collect.num(s["w2"][nfe]) for s in st.values()]
     equal = max(tm) - min(tm) <= 1e-9 * max(abs(max(tm)), 1e-300)
     differ = max(w2) - min(w2) > 1e-3 * math.sqrt(max(tm))
     return {"verdict": SUPPORTED if equal and differ else NOT_SUPPORTED, "source": source,
@@ -184,7 +224,7 @@ def grid_tm_vs_marginals(long: pd.DataFrame, methods_by_dataset: dict) -> list[d
     for ds, methods in methods_by_dataset.items():
         ld = long[long["dataset"] == ds]
         for m in methods:
-            K = int(C.num(parse_point(m).get("K", 1)) or 1)
+            K = window_count(m)
             row = {"dataset": ds, "method": m, "K": K}
             for metric in ("heldout_tm_loss", *spec.CLAIM_METRICS, "kl_knn"):
                 v, ids = by_seed(ld, m, K, metric)
@@ -197,95 +237,41 @@ def grid_tm_vs_marginals(long: pd.DataFrame, methods_by_dataset: dict) -> list[d
 def build(runs: pd.DataFrame, methods_by_dataset: dict, counterexample: dict | None = None,
           counterexample_source: str = "") -> dict:
     """Every claim's evidence and verdict (the content of claims.json)."""
-    ev = C.evaluations(runs)
-    long = C.eval_long(ev, runs)
-    return {"rule": RULE, "alpha": ALPHA,
+    ev = collect.evaluations(runs)
+    long = collect.eval_long(ev, runs)
+    return {"rule": RULE, "power_rule": POWER_RULE, "alpha": ALPHA, "power": POWER,
             "theorem1": theorem1_claim(counterexample, counterexample_source)
             | {"grid": grid_tm_vs_marginals(long, methods_by_dataset)},
             "theorem2": telescoping_claim(ev),
             "regularizer": regularizer_claims(long, methods_by_dataset)}
 
 
-def _spread(vals) -> str:
-    v = [x for x in vals if not np.isnan(x)]
-    if len(v) < 2 or min(v) <= 0:
-        return "–"
-    return f"{100 * (max(v) / min(v) - 1):.3g} %"
-
-
-def markdown(c: dict, figures: dict) -> str:
-    """claims.md from ``build``'s dict; ``figures``: dataset -> figure stem of TM vs marginals."""
-    out = ["# Claims of the paper, tested on these runs\n",
-           "Verdicts are computed from the run records by the rule stated with each claim; "
-           "`claims.json` holds the same content.\n"]
-    t1 = c["theorem1"]
-    out.append(f"## Theorem 1: equal trajectory-matching loss, different marginals — "
-               f"**{t1['verdict']}**\n")
-    if t1["students"]:
-        nfe = str(t1["nfe"])
-        out.append(f"Closed-form counterexample ({t1['source']}): Gaussian data, four students "
-                   f"with the same TM loss. Rule: supported if the TM losses are equal "
-                   f"(relative 1e-9) and the {nfe}-NFE W2 to the data differ by more than "
-                   f"1e-3·sqrt(TM).\n")
-        out.append(tabulate([[k, _f(s["tm_loss"]), _f(s["w2"][nfe]), _f(s["kl"][nfe])]
-                             for k, s in t1["students"].items()],
-                            headers=["student", "TM loss", f"W2 @ {nfe} NFE",
-                                     f"KL @ {nfe} NFE"], tablefmt="github") + "\n")
-    g = t1["grid"]
-    if g:
-        out.append("In this grid (evidence, no verdict: the students differ in more than the "
-                   "regularizer): held-out TM loss against the marginals at NFE = K, mean "
-                   "over seeds.\n")
-        out.append(tabulate([[r["dataset"], r["method"], _f(r["heldout_tm_loss"]),
-                              _f(r["w2_paired_teacher"]), _f(r["kl"]), _f(r["kl_knn"]),
-                              _f(r["mmd_data"]), ", ".join(map(str, r["run_ids"]))]
-                             for r in g],
-                            headers=["dataset", "student", "held-out TM", "paired W2", "KL",
-                                     "KL kNN", "MMD²", "evaluate runs"],
-                            tablefmt="github") + "\n")
-        for ds in dict.fromkeys(r["dataset"] for r in g):
-            rs = [r for r in g if r["dataset"] == ds]
-            out.append(f"- {ds}: TM loss spread (max/min − 1) "
-                       f"{_spread([r['heldout_tm_loss'] for r in rs])}, paired W2 spread "
-                       f"{_spread([r['w2_paired_teacher'] for r in rs])}"
-                       + (f"; figure `figures/{figures[ds]}.png`" if ds in figures else "")
-                       + "\n")
-        out.append("")
-    t2 = c["theorem2"]
-    out.append(f"## Theorem 2: TV_final ≤ Σ_k TV_k ≤ Σ_k sqrt(KL_k/2) — **{t2['verdict']}**\n")
-    out.append("Rule: supported if both inequalities hold in every evaluate run with a "
-               "marginal audit; untested without one. (The sum of local KLs does not bound the "
-               "final KL; that is not claimed.)\n")
-    if t2["n"]:
-        out.append(f"TV_final ≤ Σ TV_k in {t2['final_le_sum_tv']}/{t2['n']} runs, "
-                   f"Σ TV_k ≤ Σ sqrt(KL_k/2) in {t2['sum_tv_le_pinsker']}/{t2['n']} runs.\n")
-        out.append(tabulate([[r["run_id"], r["job"], _f(r["tv_final"]), _f(r["sum_tv"]),
-                              _f(r["pinsker_sum"]),
-                              "yes" if r["final_le_sum_tv"] and r["sum_tv_le_pinsker"] else "NO",
-                              "" if r["valid"] else "folds"] for r in t2["runs"]],
-                            headers=["run", "job", "TV final", "Σ TV_k", "Σ √(KL_k/2)",
-                                     "holds", "note"], tablefmt="github") + "\n")
-    else:
-        out.append("No evaluate run has an audit (`evaluate.audit.enabled: true`).\n")
-    for key, title in (("vanilla", "vanilla reflow (K = 1)"),
-                       ("piecewise", "piecewise reflow (K > 1)")):
-        r = c["regularizer"][key]
-        out.append(f"## The regularizer improves few-step marginals: {title} — "
-                   f"**{r['verdict']}**\n")
-        out.append(f"Rule: {RULE}\n")
-        if not r["points"]:
-            out.append("No regularized point with a λ = 0 control in this grid.\n")
-            continue
-        body = []
-        for pt in r["points"]:
-            for m in pt["metrics"]:
-                body.append([pt["dataset"], pt["method"], pt["control"], m["metric"],
-                             len(m["seeds"]), _f(m["rel_pct"], 3), _f(m["p"], 3), m["outcome"],
-                             pt["verdict"], ", ".join(map(str, m["run_ids"])),
-                             ", ".join(map(str, m["control_run_ids"]))])
-        out.append(tabulate(body, headers=["dataset", "point", "control", "metric", "seeds",
-                                           "Δ %", "p", "outcome", "point verdict", "runs",
-                                           "control runs"], tablefmt="github") + "\n")
-        out.append("Tables: `tables/<dataset>_effects.md` (all metrics), "
-                   "`tables/<dataset>_nfe<K>.md`.\n")
-    return "\n".join(out)
+def reverdict(c: dict) -> dict:
+    """A claims.json written under an older rule, its regularizer verdicts recomputed under
+    ``RULE`` with the power fields, from what it kept of each test (mean difference, control
+    mean, p, seeds): the SD of the paired differences follows from them
+    (``stats.paired_sd_from_p``). The per-seed values are not in claims.json: the relative
+    rule is applied to the control's mean (positive, at least a tenth of the change)."""
+    out = {**c, "rule": RULE, "power_rule": POWER_RULE, "power": POWER,
+           "regularizer": {}}
+    for key, claim in c["regularizer"].items():
+        points = []
+        for pt in claim["points"]:
+            rows = []
+            for r in pt["metrics"]:
+                n, p, d = len(r["seeds"]), collect.num(r["p"]), collect.num(r["mean_diff"])
+                ctrl = collect.num(r["control_mean"])
+                row = {**r, "outcome": outcome(p, d, r["metric"], n)}
+                sd = paired_sd_from_p(d, p, n) if n >= 2 and not np.isnan(p) else math.nan
+                relative = relative_ok([ctrl], d)
+                m = mde(sd, n)
+                row.update({"sd_diff": sd, "mde": m, "relative": relative,
+                            "rel_pct": 100 * d / abs(ctrl) if relative else math.nan,
+                            "mde_rel_pct": 100 * m / abs(ctrl) if relative else math.nan,
+                            "seeds_needed": seeds_needed(d, sd) if n >= 2 else None})
+                rows.append(row)
+            points.append({**pt, "metrics": rows,
+                           "verdict": point_verdict(r["outcome"] for r in rows)})
+        out["regularizer"][key] = {"points": points,
+                                   "verdict": combine(p["verdict"] for p in points)}
+    return out

@@ -46,6 +46,16 @@ def evaluations(runs: pd.DataFrame) -> pd.DataFrame:
     return ev[ev["point"].notna() & ev["dataset"].notna()]
 
 
+def evaluate_configs(runs: pd.DataFrame) -> dict:
+    """dataset -> the validated config of one of its completed evaluate runs (the lowest run
+    id): what ``layout.expected_figures`` reads (data section, audit)."""
+    out = {}
+    for r in evaluations(runs).sort_values("run_id").itertuples():
+        if isinstance(r.config, dict):
+            out.setdefault(r.dataset, r.config)
+    return out
+
+
 def eval_long(ev: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long form of evaluate results: dataset, method, seed, run_id, nfe, metric, value.
 

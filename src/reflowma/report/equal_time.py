@@ -4,7 +4,7 @@ A grid with ``equal_time: true`` has, per regularized point, an *equal-time cont
 control trained for the regularized student's measured training seconds (``infra.grid``,
 named ``<control>/budget~time_of_lam_<lam>``). Per such point this module compares the
 regularized student, paired over seeds on ``spec.CLAIM_METRICS`` at NFE = K
-(``claims.compare_point``: the claims' t-tests and outcomes), with
+(``claims.compare_point``: the claims' t-tests, outcomes and power), with
 
 * its lam-0 control at **equal steps** (the ordinary control, ``stats.baseline_of``), and
 * its equal-time control at **equal time**,
@@ -23,21 +23,21 @@ import pandas as pd
 
 from reflowma.evaluation import spec
 from reflowma.infra.grid import equal_time_of
-from reflowma.infra.runs import latest_completed, parse_point
-from reflowma.report import claims as CL
-from reflowma.report import collect as C
-from reflowma.report.stats import baseline_of
+from reflowma.infra.runs import latest_completed
+from reflowma.report import claims, collect, markdown
+from reflowma.report.points import baseline_of, window_count
 
 RULE = (f"Worth its cost? From the paired comparison at equal time (the regularized student "
         f"against its λ = 0 control trained for the regularized student's training seconds, on "
         f"{', '.join(spec.CLAIM_METRICS)} at NFE = K; the outcomes and point verdict of "
-        f"claims.md, p < {CL.ALPHA}): **yes** if the regularizer is better there on at least "
-        f"one metric and worse on none (supported), **no** if it is better on none (not "
-        f"supported: the control given the same seconds does as well or better), **mixed** if "
-        f"better on some and worse on others, **untested** with fewer than 2 paired seeds. The "
-        f"verdict at equal steps is shown beside it.")
-ANSWER = {CL.SUPPORTED: "yes", CL.NOT_SUPPORTED: "no", CL.MIXED: "mixed",
-          CL.UNTESTED: "untested"}
+        f"claims.md, p < {claims.ALPHA}): **yes** if the regularizer is better there on at "
+        f"least one metric and worse on none (supported), **no** if it is worse on at least one "
+        f"and better on none (contradicted: the control given the same seconds does better), "
+        f"**not shown** if no difference is significant (inconclusive: see the MDE in "
+        f"equal_time.json), **mixed** if better on some and worse on others, **untested** with "
+        f"fewer than 2 paired seeds. The verdict at equal steps is shown beside it.")
+ANSWER = {claims.SUPPORTED: "yes", claims.CONTRADICTED: "no", claims.INCONCLUSIVE: "not shown",
+          claims.MIXED: "mixed", claims.UNTESTED: "untested"}
 
 
 def arm_costs(runs: pd.DataFrame, dataset: str, method: str) -> dict:
@@ -49,9 +49,9 @@ def arm_costs(runs: pd.DataFrame, dataset: str, method: str) -> dict:
     steps, planned, secs, ids, ended = [], [], [], [], {}
     for r in rf.itertuples():
         res = r.result if isinstance(r.result, dict) else {}
-        steps.append(C.num(res.get("steps_done", res.get("steps"))))
-        planned.append(C.num(res.get("steps")))
-        secs.append(C.num(res.get("train_seconds", res.get("seconds"))))
+        steps.append(collect.num(res.get("steps_done", res.get("steps"))))
+        planned.append(collect.num(res.get("steps")))
+        secs.append(collect.num(res.get("train_seconds", res.get("seconds"))))
         ids.append(int(r.run_id))
         by = res.get("stopped_by", "steps")
         ended[by] = ended.get(by, 0) + 1
@@ -67,7 +67,7 @@ def arm_costs(runs: pd.DataFrame, dataset: str, method: str) -> dict:
 def comparisons(runs: pd.DataFrame, methods_by_dataset: dict) -> list[dict]:
     """One entry per regularized point that has an equal-time control among the methods:
     both paired comparisons, each arm's costs and the answer (``RULE``)."""
-    long = C.eval_long(C.evaluations(runs), runs)
+    long = collect.eval_long(collect.evaluations(runs), runs)
     out = []
     for ds, methods in methods_by_dataset.items():
         ld = long[long["dataset"] == ds]
@@ -76,28 +76,29 @@ def comparisons(runs: pd.DataFrame, methods_by_dataset: dict) -> list[dict]:
             if reg is None or reg not in methods:
                 continue
             ctrl = baseline_of(reg, methods)
-            K = int(C.num(parse_point(reg).get("K", 1)) or 1)
-            steps = CL.compare_point(ld, reg, ctrl, K) if ctrl else None
-            time_ = CL.compare_point(ld, reg, twin, K)
+            K = window_count(reg)
+            steps = claims.compare_point(ld, reg, ctrl, K) if ctrl else None
+            time_ = claims.compare_point(ld, reg, twin, K)
             out.append({
                 "dataset": ds, "method": reg, "control": ctrl, "equal_time": twin, "K": K,
                 "costs": {"method": arm_costs(runs, ds, reg),
                           "control": arm_costs(runs, ds, ctrl) if ctrl else None,
                           "equal_time": arm_costs(runs, ds, twin)},
                 "equal_steps": steps, "equal_time_test": time_,
-                "verdict_equal_steps": steps["verdict"] if steps else CL.UNTESTED,
+                "verdict_equal_steps": steps["verdict"] if steps else claims.UNTESTED,
                 "verdict_equal_time": time_["verdict"],
                 "worth_its_cost": ANSWER[time_["verdict"]]})
     return out
 
 
 def _delta(r: dict | None) -> str:
-    """``-7.8 % (p=0.020, better)`` of one metric's comparison row."""
+    """``-7.8 % (p=0.020, better)`` of one metric's comparison row (``+0.0012 abs`` where the
+    change is not relative: ``stats.RELATIVE_RULE``)."""
     if r is None or not r["seeds"]:
         return "–"
-    rel = r["rel_pct"]
-    s = "–" if np.isnan(C.num(rel)) else f"{rel:+.3g} %"
-    p = C.num(r["p"])
+    v = collect.num(r["rel_pct"] if r["relative"] else r["mean_diff"])
+    s = "–" if np.isnan(v) else f"{v:+.3g}" + (" %" if r["relative"] else " abs")
+    p = collect.num(r["p"])
     return s + (f" (p={p:.3f}, {r['outcome']})" if not np.isnan(p) else f" ({r['outcome']})")
 
 
@@ -141,17 +142,17 @@ def frame(comps: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(dataset: str, f: pd.DataFrame) -> str:
-    from tabulate import tabulate
-
+def markdown_text(dataset: str, f: pd.DataFrame) -> str:
     body = f.drop(columns="dataset")
-    return (f"### {dataset}, regularizer vs control at equal steps and at equal time\n\n"
-            + tabulate(body.values.tolist(), headers=list(body.columns), tablefmt="github")
-            + "\n\n- Cells: 100·(regularized − control)/|control| of the seed means over the "
-              "paired seeds, at NFE = K; p: paired t-test on the raw values "
-              "(scipy.stats.ttest_rel); better/worse/n.s./untested as in claims.md.\n"
-            + "- steps: steps trained (an equal-time control plans 1.1 × the regularized "
-              "student's seconds ÷ its own seconds per step, measured in its job before "
-              "training, and stops when the seconds are used up); train s: seconds in the "
-              "training loop; means over seeds.\n"
-            + f"- {RULE}\n")
+    return (markdown.table(list(body.columns), body.values.tolist(), keys=1,
+                           title=f"### {dataset}, regularizer vs control at equal steps and at "
+                                 "equal time")
+            + "\n" + markdown.bullets([
+                "Cells: 100·(regularized − control)/|control| of the seed means over the "
+                "paired seeds, at NFE = K (abs: regularized − control, where the control is not "
+                "meaningfully above zero); p: paired t-test on the raw values "
+                "(scipy.stats.ttest_rel); better/worse/n.s./untested as in claims.md.",
+                "steps: steps trained (an equal-time control plans 1.1 × the regularized "
+                "student's seconds ÷ its own seconds per step, measured in its job before "
+                "training, and stops when the seconds are used up); train s: seconds in the "
+                "training loop; means over seeds.", RULE]))

@@ -1,21 +1,19 @@
-"""Rendering tables: Markdown, LaTeX, CSV, the flat ``metrics.json`` and the long CSV of DVC's
-NFE plot. Labels and units come from ``reflowma.evaluation.spec``."""
+"""Rendering tables: Markdown (no wider than ``markdown.WIDTH``: wide tables in parts), LaTeX,
+CSV, the flat ``metrics.json`` and the long CSV of DVC's NFE plot. Labels and units come from
+``reflowma.evaluation.spec``."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 
 from reflowma.evaluation import spec
+from reflowma.report import markdown
 from reflowma.report.collect import num
-from reflowma.report.stats import is_baseline
+from reflowma.report.points import is_baseline
 from reflowma.report.tables import Table
-
-
-def file_stem(name: str) -> str:
-    """A table or dataset name as a file name (``8gaussians/nfe~1`` -> ``8gaussians_nfe1``)."""
-    return name.replace("/", "_").replace("~", "").replace(" ", "")
 
 
 def _nan(v) -> bool:
@@ -109,7 +107,7 @@ def _cell_parts(row, metric):
     return {"mean": fmt_num(mean), "std": None if np.isnan(num(std)) else fmt_num(std, 2),
             "ci": None if np.isnan(num(lo)) else (fmt_num(lo), fmt_num(hi)),
             "p": fmt_p(row.get(f"{metric}.p")), "best": bool(row.get(f"{metric}.best", False)),
-            "n": int(row[f"{metric}.n"])}
+            "n": int(row[f"{metric}.n"]), "scale": row.get(f"{metric}.scale")}
 
 
 def header(t: Table, metric: str) -> tuple[str, str]:
@@ -120,40 +118,72 @@ def header(t: Table, metric: str) -> tuple[str, str]:
 def _row_label(row) -> str:
     if row["kind"] == "reference":
         return row["method"]
-    return row["method"] + (" (baseline)" if is_baseline(row["method"]) else "")
+    return row["method"] + (" (control)" if is_baseline(row["method"]) else "")
 
 
-def to_markdown(t: Table) -> str:
-    from tabulate import tabulate
+def _md_cell(row, metric) -> str:
+    c = _cell_parts(row, metric)
+    if c is None:
+        return "–" if row["status"] == "ok" else row["status"].split(" (")[0]
+    s = f"{c['mean']} ± {c['std']}" if c["std"] else c["mean"]
+    s = f"**{s}**" if c["best"] else s
+    if c["ci"]:
+        s += f" [{c['ci'][0]}, {c['ci'][1]}]"
+    if c["n"] != row.get("n_seeds", c["n"]):
+        s += f" (n={c['n']})"
+    if c["p"]:
+        s += f" {c['p']}"
+    return s
 
-    heads = ["method", "status", "n"] + [
-        f"{lab} ({unit})" if unit else lab for lab, unit in (header(t, m) for m in t.metrics)]
-    if t.effects:
-        heads = ["method", "status"] + heads[3:]
-    body = []
+
+def units_note(metrics) -> str:
+    """``Units: W2 to teacher (paired): data units; ...`` (the headers name the metric only)."""
+    units = [f"{lab}: {unit}" for lab, unit in (spec.header(m) for m in metrics) if unit]
+    return "Units: " + "; ".join(units) + "." if units else ""
+
+
+def effects_markdown(t: Table) -> str:
+    """The effects table in Markdown: per regularized point, its metrics as rows (change
+    against the control, 95% interval, p, the prototype's range and whether it agrees)."""
+    out = [f"### {t.title}\n"]
     for _, row in t.frame.iterrows():
-        cells = [_row_label(row), row["status"]]
-        if "n_seeds" in row:
-            cells.append(int(row["n_seeds"]))
+        status = "" if row["status"] == "ok" else f" ({row['status']})"
+        out.append(f"{_row_label(row)} against {row['baseline']}{status}:\n")
+        body = []
         for m in t.metrics:
             c = _cell_parts(row, m)
             if c is None:
-                cells.append("–" if row["status"] == "ok" else row["status"].split(" (")[0])
+                body.append([spec.header(m)[0], "–", "–", "–", row[f"{m}.expected"] or "–", ""])
                 continue
-            s = f"{c['mean']} ± {c['std']}" if c["std"] else c["mean"]
-            s = f"**{s}**" if c["best"] else s
-            if c["ci"]:
-                s += f" [{c['ci'][0]}, {c['ci'][1]}]"
-            if c["n"] != row.get("n_seeds", c["n"]):
-                s += f" (n={c['n']})"
-            if c["p"]:
-                s += f" {c['p']}"
-            if f"{m}.expected" in row and row[f"{m}.expected"]:
-                s += f"; expected {row[f'{m}.expected']}: {row[f'{m}.agrees']}"
-            cells.append(s)
-        body.append(cells)
-    text = f"### {t.title}\n\n" + tabulate(body, headers=heads, tablefmt="github")
-    return text + "\n\n" + "".join(f"- {n}\n" for n in t.notes)
+            unit = " %" if c["scale"] == "%" else " abs"
+            body.append([spec.header(m)[0],
+                         (f"{c['mean']} ± {c['std']}" if c["std"] else c["mean"]) + unit,
+                         f"[{c['ci'][0]}, {c['ci'][1]}]" if c["ci"] else "–",
+                         c["p"].removeprefix("p=").replace("p<", "< ") or "–",
+                         row[f"{m}.expected"] or "–", row[f"{m}.agrees"]])
+        out.append(markdown.table(["metric", "Δ (mean ± std)", "95% interval", "p",
+                                   "prototype", "agrees"], body))
+    notes = list(t.notes) + [units_note(t.metrics)]
+    return "\n".join(out) + "\n" + markdown.bullets(notes)
+
+
+def to_markdown(t: Table) -> str:
+    """The table in Markdown, in parts of at most ``markdown.WIDTH`` columns (each repeats the
+    method column), then its notes."""
+    if t.effects:
+        return effects_markdown(t)
+    status = bool((t.frame["status"] != "ok").any())
+    lead = ["method"] + (["status"] if status else []) + ["n"]
+    heads = lead + [spec.header(m)[0] for m in t.metrics]
+    body = []
+    for _, row in t.frame.iterrows():
+        cells = [_row_label(row)] + ([row["status"]] if status else []) + [int(row["n_seeds"])]
+        body.append(cells + [_md_cell(row, m) for m in t.metrics])
+    notes = list(t.notes) + [n for n in (units_note(t.metrics),) if n]
+    if not status and len(t.frame):
+        notes.append("Every row's runs completed (no status column).")
+    text = markdown.table(heads, body, keys=1, title=f"### {t.title}")
+    return text + "\n" + markdown.bullets(notes)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -219,7 +249,7 @@ def to_latex(t: Table) -> str:
                 continue
             core = _tex_num(c["mean"]) + (rf" \pm {_tex_num(c['std'])}" if c["std"] else "")
             s = rf"$\mathbf{{{core}}}$" if c["best"] else f"${core}$"
-            extra = []
+            extra = ["(abs)"] if c["scale"] == "abs" else []
             if c["ci"]:
                 extra.append(f"$[{_tex_num(c['ci'][0])}, {_tex_num(c['ci'][1])}]$")
             if c["p"]:
@@ -241,8 +271,6 @@ def to_csv(t: Table) -> str:
 
 
 def concat_csv(tables) -> str:
-    import pandas as pd
-
     frames = []
     for t in tables:
         f = t.frame.copy()

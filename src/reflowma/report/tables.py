@@ -3,8 +3,9 @@
 Per dataset and NFE the methods are rows and the metrics (``spec.in_table("main")``) columns;
 a cell is the mean ± std over seeds of the latest completed evaluate run of each (dataset,
 seed, point), with n, a 95% t-interval, the best mean of each column marked (lowest or
-highest, as the spec says) and a paired t-test against the *baseline*: the same point with
-``lam`` 0 (no test where the grid has no ``lam`` axis). Missing grid points stay as rows whose
+highest, as the spec says; only where one method alone has it at the digits shown) and a
+paired t-test against the *baseline*: the same point with ``lam`` 0 (no test where the grid
+has no ``lam`` axis). Missing grid points stay as rows whose
 status says why (``missing``, ``failed``, ``failed (reflow)``, ...). References (teacher Euler
 at the same NFE, the teacher ceiling, the data floor) are extra rows. Also per dataset: a
 local per-window audit table, a teacher table (metrics of the teacher alone) and an effects
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from reflowma.evaluation import spec
+from reflowma.infra.config import load_yaml, params_dir
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import (
     by_seed,
@@ -31,7 +33,16 @@ from reflowma.report.collect import (
     plan,
     unique,
 )
-from reflowma.report.stats import baseline_of, json_stats, none_if_nan, paired_test, summarize
+from reflowma.report.points import baseline_of, window_count
+from reflowma.report.stats import (
+    RELATIVE_CONDITION,
+    estimator_noise,
+    json_stats,
+    none_if_nan,
+    paired_test,
+    relative_ok,
+    summarize,
+)
 
 STATS = ("mean", "std", "n", "ci_lo", "ci_hi", "p", "best")
 REFERENCE_FILE = "references/prototype_2d.yaml"
@@ -41,8 +52,6 @@ REFERENCE_FILE = "references/prototype_2d.yaml"
 def prototype() -> dict:
     """The prototype's findings: ``{"source": str, "effects": {metric: {"K>=2"|"K=1":
     [low %, high %] | "+"}}}`` from ``params/references/prototype_2d.yaml``."""
-    from reflowma.infra.config import load_yaml, params_dir
-
     return load_yaml(params_dir() / REFERENCE_FILE, "references")
 
 
@@ -102,16 +111,26 @@ def make_table(name, title, dataset, nfe, metrics, methods, statuses, long, refs
             rows.append(row)
     frame = pd.DataFrame(rows)
     for metric in metrics:
-        is_m = frame["kind"] == "method"
-        col = frame.loc[is_m, f"{metric}.mean"].astype(float)
-        # no mark where every method has the same value (e.g. no fold anywhere)
-        best = np.nan
-        if col.dropna().nunique() > 1:
-            best = col.min() if _better(metric) == "lower" else col.max()
-        frame[f"{metric}.best"] = is_m & (frame[f"{metric}.mean"] == best)
+        frame[f"{metric}.best"] = _unique_best(frame, metric)
     lead = ["method", "kind", "status", "n_seeds", "baseline"]
     cols = lead + [f"{m}.{k}" for m in metrics for k in STATS]
     return Table(name, title, dataset, nfe, list(metrics), frame.reindex(columns=cols), cells)
+
+
+SHOWN_DIGITS = 3  # significant digits of a mean in the Markdown and LaTeX tables
+
+
+def _unique_best(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The method with the best mean of the column (lowest, or highest where higher is
+    better), where one method alone has it at the digits shown: no mark on a tie."""
+    is_m = frame["kind"] == "method"
+    col = frame[f"{metric}.mean"].astype(float).where(is_m)
+    if col.dropna().empty:
+        return pd.Series(False, index=frame.index)
+    best = col.min() if _better(metric) == "lower" else col.max()
+    shown = col.map(lambda v: f"{v:.{SHOWN_DIGITS}g}" if v == v else None)
+    at_best = shown == f"{best:.{SHOWN_DIGITS}g}"
+    return at_best & is_m if at_best.sum() == 1 else pd.Series(False, index=frame.index)
 
 
 def _spec_notes(metrics) -> list[str]:
@@ -207,36 +226,45 @@ def effects_table(dataset: str, methods, statuses, ld: pd.DataFrame) -> Table:
         base = baseline_of(m, methods)
         if base is None:
             continue
-        K = int(num(parse_point(m).get("K", 1)) or 1)
+        K = window_count(m)
         row = {"method": m, "kind": "method", "status": statuses.get(m, "ok"), "baseline": base}
         for metric in metrics:
             a, aid = by_seed(ld, m, K, metric)
             b, bid = by_seed(ld, base, K, metric)
-            common = sorted(s for s in set(a) & set(b) if b[s] != 0)
-            rel = [100.0 * (a[s] - b[s]) / abs(b[s]) for s in common]
-            s = summarize(rel)
+            common = sorted(s for s in set(a) & set(b) if not (np.isnan(a[s]) or np.isnan(b[s])))
+            diff = [a[s] - b[s] for s in common]
+            relative = relative_ok([b[s] for s in common], np.mean(diff) if diff else np.nan,
+                                   noise=estimator_noise(ld.loc[ld["metric"] == metric, "value"]))
+            vals = [100.0 * d / abs(b[s]) for d, s in zip(diff, common, strict=True)] \
+                if relative else diff
+            s = summarize(vals)
             p, _ = paired_test(a, b)
             row.update({f"{metric}.{k}": v for k, v in s.items()})
             row[f"{metric}.p"] = p
+            row[f"{metric}.scale"] = "%" if relative else "abs"
             exp = effects[metric].get("K>=2" if K >= 2 else "K=1")
             row[f"{metric}.expected"] = _expected_text(exp)
-            row[f"{metric}.agrees"] = _agrees(exp, s)
+            row[f"{metric}.agrees"] = _agrees(exp, s) if relative else _agrees(exp, s, sign=True)
             if common:
                 cells[f"{dataset}/effects/{m}/{metric}"] = {
                     "run_ids": [aid[x] for x in common], "baseline": base,
                     "baseline_run_ids": [bid[x] for x in common], "seeds": common,
-                    "values_pct": rel, "nfe": K, "p_value": none_if_nan(p), **json_stats(s)}
+                    "values": vals, "scale": row[f"{metric}.scale"], "nfe": K,
+                    "p_value": none_if_nan(p), **json_stats(s)}
         rows.append(row)
     cols = ["method", "kind", "status", "baseline"] + [
         f"{m}.{k}" for m in metrics
-        for k in ("mean", "std", "n", "ci_lo", "ci_hi", "p", "expected", "agrees")]
+        for k in ("mean", "std", "n", "ci_lo", "ci_hi", "p", "scale", "expected", "agrees")]
     frame = pd.DataFrame(rows, columns=cols)
     t = Table(f"{dataset}/effects", f"{dataset}, regularizer vs lam-0 control at NFE = K "
-              "(% change; expected results)", dataset, None, metrics, frame, cells)
-    t.notes = ["Cells: mean ± std over seeds of 100·(method − control)/|control| [95% "
-               "t-interval], at the student's own NFE = K; p: paired t-test on the raw values.",
-               f"expected: what {ref['source']} found (params/{REFERENCE_FILE}) — orientation "
-               "for healthy output, not a target; then yes (mean in that range), same sign, "
+              "(% or absolute change; expected results)", dataset, None, metrics, frame, cells)
+    t.notes = ["Δ: mean ± std over seeds of 100·(method − control)/|control| (%) with its "
+               "95% t-interval, at the student's own NFE = K; p: paired t-test on the raw "
+               "values.",
+               f"Δ is in % where the control is meaningfully above zero ({RELATIVE_CONDITION}); "
+               "elsewhere it is method − control in the metric's unit (abs).",
+               f"prototype: what {ref['source']} found (params/{REFERENCE_FILE}) — orientation "
+               "for healthy output, not a target; agrees: yes (mean in that range), same sign, "
                "no, or inconclusive (the 95% interval contains 0)."]
     return t
 
@@ -249,9 +277,10 @@ def _expected_text(exp) -> str:
     return f"{exp[0]:+g}% to {exp[1]:+g}%"
 
 
-def _agrees(exp, s: dict) -> str:
+def _agrees(exp, s: dict, sign: bool = False) -> str:
     """yes (mean in the prototype's range), same sign, no (opposite sign), or inconclusive
-    (the 95% interval of the mean change contains 0, or fewer than 2 seeds)."""
+    (the 95% interval of the mean change contains 0, or fewer than 2 seeds). ``sign``: the
+    change is absolute, so only its sign is compared (same sign or no)."""
     mean = s["mean"]
     if exp is None or np.isnan(mean):
         return ""
@@ -260,6 +289,6 @@ def _agrees(exp, s: dict) -> str:
     if exp == "+":
         return "yes" if mean > 0 else "no"
     lo, hi = exp
-    if lo <= mean <= hi:
+    if lo <= mean <= hi and not sign:
         return "yes"
     return "same sign" if np.sign(mean) == np.sign(lo) else "no"

@@ -32,6 +32,7 @@ versions, the reference and the KID/precision-recall settings.
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from pathlib import Path
 
@@ -191,8 +192,11 @@ def image_paths(out_path, nfes) -> list[Path]:
 
 
 def image_grid(x: torch.Tensor, side: int = GRID_SIDE) -> np.ndarray:
-    """uint8 ``[side * H, side * W, C]`` tiling of the first ``side**2`` images ``[n, C, H,
-    W]`` (values in [-1, 1], clipped; row-major: image i at row i // side, column i % side)."""
+    """uint8 ``[s * H, s * W, C]`` tiling of the first ``s**2`` images ``[n, C, H, W]``
+    (values in [-1, 1], clipped; row-major: image i at row i // s, column i % s), where the
+    square's side ``s`` is the smallest that holds the n images, at most ``side`` (16 images:
+    4 x 4; the last row's empty places black)."""
+    side = min(side, math.ceil(math.sqrt(len(x))))
     x = x[: side * side].detach().float().clamp(-1, 1)
     n, C, H, W = x.shape
     if n < side * side:
