@@ -12,7 +12,7 @@ import numpy as np
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import num
 
-REG_AXES = ("lam", "disc", "logdet", "eps", "warm")
+REG_AXES = ("lam", "disc", "logdet", "eps", "warm", "share")
 
 
 def summarize(values) -> dict:
