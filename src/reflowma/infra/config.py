@@ -233,6 +233,9 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
         _check_labelled_images(stage, data)
     if stage == "evaluate":
         _check_inception(cfg, check_files)
+    if stage == "couplings" and cfg["solver"] == "dopri5" and cfg["time_grid"] != "uniform":
+        raise ConfigError("couplings.time_grid", f"{cfg['time_grid']!r} places fixed steps; "
+                          "solver dopri5 places its own: allowed with dopri5: uniform")
     if stage == "reflow":
         reg, K = cfg["regularizer"], cfg["K"]
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
