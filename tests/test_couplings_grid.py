@@ -12,8 +12,8 @@ import torch
 from reflowma.core import solvers
 from reflowma.infra import config
 from reflowma.infra.config import ConfigError
-from reflowma.infra.storage.couplings import Couplings, CouplingsError, partial_path
 from reflowma.infra.storage.checkpoint import save_model
+from reflowma.infra.storage.couplings import Couplings, CouplingsError, partial_path
 from reflowma.models import mlp
 from reflowma.stages import couplings
 from reflowma.stages.common import load_model
