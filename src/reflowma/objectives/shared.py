@@ -10,6 +10,10 @@ VJPs) and, from the same ``v(x_k, t_k)``, the window-start term
 the warm start the window-start term averages over the regularizer's batch instead of its own
 ``train.batch_size`` draws, and the two terms' gradients come from the same samples. Before the
 warm start the window-start term is the one of the option off (same batch, same draws).
+
+Draws happen on the generator's device (``base``); the shared forward calls the eager module
+behind a compiled one (``base.eager``: the regularizer differentiates twice), so after the warm
+start the window-start value comes from it too (same parameters, same values).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from reflowma.core import interpolant, losses
 from reflowma.objectives import marginal
-from reflowma.objectives.base import Term
+from reflowma.objectives.base import Term, eager
 from reflowma.objectives.trajectory import WindowStart
 
 
@@ -35,13 +39,14 @@ class SharedWindowStart(Term):
         ws, reg = self.window_start, self.regularizer
         if step < reg.start_step:
             return ws.parts(v, step, generator)
-        ctx, n = reg.ctx, reg.batch_size
+        ctx, n, gd = reg.ctx, reg.batch_size, generator.device
         ends, dev, K, opt = ctx.ends, ctx.device, ctx.K, reg.options
-        b = torch.randint(0, ends.shape[0], (n,), generator=generator)
-        k = torch.randint(0, K, (n,), generator=generator)
+        b = torch.randint(0, ends.shape[0], (n,), generator=generator, device=gd)
+        k = torch.randint(0, K, (n,), generator=generator, device=gd)
         x, target, tk = interpolant.window_start_pair(ends[b], k, K)
-        x, vx, ld, det = marginal.pushforward(v, x.to(dev), tk.to(dev), 1.0 / K, opt["logdet"],
-                                              opt["fold_delta"], opt["n_probes"], generator)
+        x, vx, ld, det = marginal.pushforward(eager(v), x.to(dev), tk.to(dev), 1.0 / K,
+                                              opt["logdet"], opt["fold_delta"], opt["n_probes"],
+                                              generator)
         ws_value = losses.distance(vx, target.to(dev), ws.distance, ws.huber_c).mean()
         reg_value, stats = marginal.alignment(reg.score, x, vx, ld, det, k.to(dev), K,
                                               eps=opt["eps"], rescale_end=opt["rescale_end"])

@@ -22,6 +22,7 @@ from reflowma.core.seeding import device, generator
 from reflowma.infra import distributed as ddp
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage.couplings import SPLITS, Couplings, CouplingsWriter
+from reflowma.models import inference
 from reflowma.stages.common import check_same_data, load_model
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def expected_attrs(cfg: dict, teacher_sha: str, data_key: str) -> dict:
              "time_grid": cfg["time_grid"], "seed": cfg["seed"],
              "windows": sorted(set(cfg["windows"])),
              "times": interpolant.union_grid(cfg["windows"]), "n_train": cfg["n_train"],
-             "n_test": cfg["n_test"], "chunk_size": cfg["chunk_size"], "data": data_key}
+             "n_test": cfg["n_test"], "chunk_size": cfg["chunk_size"], "data": data_key,
+             **inference.options(cfg)}
     if cfg["solver"] == "dopri5":
         attrs.update(rtol=cfg["rtol"], atol=cfg["atol"])
     elif cfg["time_grid"] == "power":
@@ -67,6 +69,7 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     ddp.init(dev)
     dev, ws, rank = ddp.local_device(dev), ddp.world_size(), ddp.rank()
     teacher, meta, sha = load_model(teacher_path, "teacher", dev)
+    teacher = inference.wrap(teacher, cfg)  # couplings.amp, couplings.compile
     check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
     shape = tuple(meta["data_shape"])
     attrs = expected_attrs(cfg, sha, meta["data"])
