@@ -1,8 +1,10 @@
 """The couplings stage's time grids: the file records the grid that made it (settings in the
 expected attrs, a non-uniform grid's step times), a partial file of another grid is started
-over, and every grid's states sit at the window ends (against a tight solve of the same
+over (one of the same grid resumed), and every grid's states sit at the window ends (against a tight solve of the same
 teacher: a grid that missed a window end would be off by a step's motion, not by the solver's
 error)."""
+
+import logging
 
 import h5py
 import numpy as np
@@ -92,3 +94,39 @@ def test_a_grid_change_is_another_file(tmp_path, teacher):
 def test_dopri5_takes_no_fixed_grid():
     with pytest.raises(ConfigError, match="couplings.time_grid"):
         _cfg("solver=dopri5", "time_grid=power")
+
+
+def _as_partial(out, marker: float = 7.0):
+    """``out`` turned into the partial file of an interrupted run: one train chunk done, whose
+    states are overwritten with ``marker`` (a resumed run keeps them, a new one does not)."""
+    part = partial_path(out)
+    out.rename(part)
+    with h5py.File(part, "a") as f:
+        f.attrs["complete"] = False
+        f["train"].attrs["chunks_done"], f["test"].attrs["chunks_done"] = 1, 0
+        f["train"]["states"][:16] = marker
+
+
+def test_a_partial_file_resumes_with_its_grid_and_starts_over_with_another(tmp_path, teacher,
+                                                                           caplog):
+    """The recorded grid (its settings and the fitted grid's step times, floats that make the
+    round trip through the file) decides whether a partial file is resumed: the same fitted grid
+    resumes it (the chunk already written is kept), another pilot size starts it over."""
+    sha, data = C_sha(teacher), '{"name": "8gaussians"}'
+    fit, other = _cfg("time_grid=fitted", "pilot_size=16"), _cfg("time_grid=fitted",
+                                                                 "pilot_size=8")
+    out = tmp_path / "c.h5"
+    couplings.run(fit, teacher, out)
+    ref = Couplings(out, couplings.expected_attrs(fit, sha, data)).states("train")
+    caplog.set_level(logging.INFO)
+    _as_partial(out)
+    couplings.run(fit, teacher, out)
+    assert f"resuming {partial_path(out)} at chunk 1/" in caplog.text
+    got = Couplings(out, couplings.expected_attrs(fit, sha, data)).states("train")
+    assert np.all(got[:16] == 7.0) and np.array_equal(got[16:], ref[16:])
+    caplog.clear()
+    _as_partial(out)
+    couplings.run(other, teacher, out)
+    assert "resuming" not in caplog.text
+    C = Couplings(out, couplings.expected_attrs(other, sha, data))
+    assert C.attrs["pilot_size"] == 8 and not np.any(C.states("train")[:16] == 7.0)

@@ -15,6 +15,7 @@ from reflowma.infra import config
 from reflowma.infra.config import ConfigError
 from reflowma.models import mlp
 from reflowma.objectives import marginal, shared
+from reflowma.training import loop
 
 K, N, STEPS = 2, 64, 10
 
@@ -109,3 +110,15 @@ def test_bad_combinations_name_the_field(over, says):
     # the control arm of a grid (weight 0) may carry the option: it has nothing to share
     config.stage_config("reflow", None, [f"K={K}", "regularizer.weight=0",
                                          "regularizer.share_window_start=true", *over])
+
+
+def test_the_option_off_leaves_the_run_fingerprint_as_without_it():
+    """``share_window_start: false`` computes what a config without the field computes, so a
+    run's fingerprint (and the student file) is that of a config without it; true is seen."""
+    off = config.stage_config("reflow", "smoke", [])
+    bare = {**off, "regularizer": {k: v for k, v in off["regularizer"].items()
+                                   if k != "share_window_start"}}
+    assert loop.identity(off)["regularizer"] == bare["regularizer"]
+    assert loop.identity(off) == loop.identity(bare)
+    on = config.stage_config("reflow", "smoke", ["regularizer.share_window_start=true"])
+    assert loop.identity(on)["regularizer"]["share_window_start"] is True
