@@ -1,8 +1,8 @@
 """The couplings stage's time grids: the file records the grid that made it (settings in the
 expected attrs, a non-uniform grid's step times), a partial file of another grid is started
-over (one of the same grid resumed), and every grid's states sit at the window ends (against a tight solve of the same
-teacher: a grid that missed a window end would be off by a step's motion, not by the solver's
-error)."""
+over (one of the same grid resumed), and every grid's states sit at the window ends (against a
+tight solve of the same teacher: a grid that missed a window end would be off by a step's
+motion, not by the solver's error)."""
 
 import logging
 

@@ -35,8 +35,9 @@ def velocity_jvp(v, x: torch.Tensor, t: torch.Tensor, tangents: torch.Tensor):
     Uses ``v.jvp(x, t, tangents)`` when the network has one (an explicit tangent pass, cheaper
     than the generic transform), else ``torch.func.jvp`` under ``vmap`` over the tangents, with
     attention on the math backend (the fused ``scaled_dot_product_attention`` kernels have no
-    forward-mode derivative). Both stay differentiable for the parameters (ordinary autograd records the tangent pass), so a
-    loss on the products backpropagates without any double backward.
+    forward-mode derivative). Both stay differentiable for the parameters (ordinary autograd
+    records the tangent pass), so a loss on the products backpropagates without any double
+    backward.
     """
     own = getattr(v, "jvp", None)
     if own is not None:
