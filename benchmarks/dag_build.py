@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,31 +67,33 @@ rule evaluate:
 """
 
 
-def floor_run(workdir: Path, n_jobs: int) -> tuple[float, int]:
-    """Wall time and job count of `snakemake -n` on ``FLOOR_SNAKEFILE`` with about n_jobs."""
+def _run(cmd, cwd=None) -> tuple[float, int, float]:
+    """(wall seconds, jobs in the dry run's summary, CPU seconds of the process and its
+    children): the CPU time is what a loaded machine distorts least."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if res.returncode != 0:
+        sys.exit(f"snakemake failed:\n{res.stderr[-3000:]}")
+    m = re.search(r"^total\s+(\d+)", res.stdout + res.stderr, re.M)
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    return dt, int(m.group(1)) if m else 0, cpu
+
+
+def floor_run(workdir: Path, n_jobs: int) -> tuple[float, int, float]:
+    """``_run`` of `snakemake -n` on ``FLOOR_SNAKEFILE`` with about n_jobs."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "Snakefile").write_text(FLOOR_SNAKEFILE)
-    t0 = time.perf_counter()
-    res = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--config",
-                          f"points={max(1, (n_jobs - 2) // 2)}"], cwd=workdir,
-                         capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"snakemake failed:\n{res.stderr[-3000:]}")
-    m = re.search(r"^total\s+(\d+)", res.stdout + res.stderr, re.M)
-    return dt, int(m.group(1)) if m else 0
+    return _run([SNAKEMAKE, "-n", "--cores", "1", "--config",
+                 f"points={max(1, (n_jobs - 2) // 2)}"], workdir)
 
 
-def dry_run(workdir: Path, grid: str, preset: str = "toy") -> tuple[float, int]:
-    t0 = time.perf_counter()
-    res = subprocess.run([SNAKEMAKE, "-n", "--snakefile", str(REPO / "Snakefile"),
-                          "--directory", str(workdir), "--config", f"grid={grid}",
-                          f"preset={preset}"], capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"snakemake failed:\n{res.stderr[-3000:]}")
-    m = re.search(r"^total\s+(\d+)", res.stdout + res.stderr, re.M)
-    return dt, int(m.group(1)) if m else 0
+def dry_run(workdir: Path, grid: str, preset: str = "toy") -> tuple[float, int, float]:
+    """``_run`` of `snakemake -n` on the workflow with ``grid`` and ``preset`` in workdir."""
+    return _run([SNAKEMAKE, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                 str(workdir), "--config", f"grid={grid}", f"preset={preset}"])
 
 
 def main() -> None:
@@ -99,15 +102,15 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ref, ref_jobs = dry_run(tmp / "ref", "smoke", "smoke")
+        ref, ref_jobs, _ = dry_run(tmp / "ref", "smoke", "smoke")
         print(f"reference: smoke grid, {ref_jobs} jobs, {ref:.2f} s")
         print(f"{'jobs':>7} {'cold [s]':>9} {'warm [s]':>9} {'warm/ref':>9} {'floor [s]':>9}")
         for n in args.sizes:
             g = tmp / f"grid{n}.yaml"
             g.write_text(yaml.safe_dump(grid_for(n)))
-            cold, jobs = dry_run(tmp / f"w{n}", str(g))
-            warm, _ = dry_run(tmp / f"w{n}", str(g))
-            floor, _ = floor_run(tmp / f"floor{n}", jobs)
+            cold, jobs, _ = dry_run(tmp / f"w{n}", str(g))
+            warm, _, _ = dry_run(tmp / f"w{n}", str(g))
+            floor, _, _ = floor_run(tmp / f"floor{n}", jobs)
             print(f"{jobs:>7} {cold:>9.2f} {warm:>9.2f} {warm / ref:>9.1f} {floor:>9.2f}")
 
 

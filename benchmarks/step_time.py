@@ -2,12 +2,14 @@
 
 Run: `.venv/bin/python benchmarks/step_time.py [--device cuda] [--dim 2] [--batch 256]`.
 Arms: plain trajectory matching (TM), + window-start term, + marginal regularizer with each
-log-det mode (exact / trace / hutchinson), + each sample discrepancy in place of the reverse KL
-(mmd / sliced_w2 / sinkhorn, their default settings; ``--arms`` picks a subset). Each arm's
-loss is the ``Objective`` that the reflow stage builds from a reflow config (the same objects
-training uses), on the same network, all timed in the same run. `make bench` (benchmarks/run.py,
-section ``step``) times the control and regularizer arms at d = 2, 64, 784 with ``arm_config``
-and ``make_step``; this script is the one for the discrepancy arms, a device, K, width, steps.
+log-det mode (exact / trace / hutchinson), the same sharing the window-start term's forward
+(``shared_*``: ``regularizer.share_window_start``), + each sample discrepancy in place of the
+reverse KL (mmd / sliced_w2 / sinkhorn, their default settings; ``--arms`` picks a subset).
+Each arm's loss is the ``Objective`` that the reflow stage builds from a reflow config (the same
+objects training uses), on the same network, all timed in the same run. `make bench`
+(benchmarks/run.py, section ``step``) times the control and regularizer arms at d = 2, 64, 784
+with ``arm_config`` and ``make_step``; this script is the one for the discrepancy arms, a
+device, K, width, steps.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ ARMS = {
                   "regularizer.logdet": "trace"},
     "reg_hutchinson": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
                        "regularizer.logdet": "hutchinson"},
+    **{f"shared_{m}": {"window_start_weight": 1.0, "regularizer.weight": 0.1,
+                       "regularizer.logdet": m, "regularizer.share_window_start": True}
+       for m in ("exact", "trace", "hutchinson")},
     **{f"disc_{d}": {"window_start_weight": 1.0, "regularizer.weight": 1.0,
                      "regularizer.discrepancy": d} for d in ("mmd", "sliced_w2", "sinkhorn")},
 }
@@ -71,7 +76,8 @@ def main():
     v = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev)
     teacher = mlp.MLPVelocity((args.dim,), args.width, 3).to(dev).requires_grad_(False)
     ends = torch.randn(4096, args.K + 1, args.dim)
-    arms = [a for a in args.arms.split(",") if args.dim <= 16 or a != "reg_exact"]
+    arms = [a for a in args.arms.split(",")
+            if args.dim <= 16 or a not in ("reg_exact", "shared_exact")]
     res = {}
     for arm in arms:
         cfg = arm_config(arm, args.K, args.batch, args.reg_batch or args.batch)

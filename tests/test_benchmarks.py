@@ -14,11 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     # one thread and a lower priority: a benchmark must not take a shared machine's cores
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(["nice", "-n", "10", sys.executable, str(RUN), *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_make_bench_runs_run_py():
@@ -85,7 +85,7 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
         assert (o["net"], o["params_batch"], o["params_reg_batch"]) == (
             cfg["net"]["name"], cfg["train"]["batch_size"], cfg["regularizer"]["batch_size"])
         assert (o["batch"], o["reg_batch"]) == (32, 16)  # --quick
-        assert set(o["ms"]) == {"tm+ws", *(f"reg_{m}" for m in modes)}
+        assert set(o["ms"]) == {"tm+ws", *(f"{a}_{m}" for a in ("reg", "shared") for m in modes)}
         for arm, r in o["ratio_to_control"].items():
             assert r > 0 and (arm != "tm+ws" or r == 1.0)
             assert o["autograd_saved_mb"][arm] > 0
@@ -95,4 +95,52 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
     assert st["exact_vs_control_d2"] == st["by_dim"]["d2"]["ratio_to_control"]["reg_exact"]
     assert st["hutchinson_vs_control_d784"] == \
         st["by_dim"]["d784"]["ratio_to_control"]["reg_hutchinson"]
-    assert any(w.startswith("step.hutchinson_vs_control_d64") for w in res.stdout.splitlines())
+    # the shared arms: their ratios under step.shared, with the work bound that drops the
+    # window-start batch (lower than the arm's own without sharing)
+    for tag, arm in (("d2", "exact"), ("d64", "hutchinson"), ("d784", "hutchinson")):
+        assert st["shared"][f"{arm}_vs_control_{tag}"] == \
+            st["by_dim"][tag]["ratio_to_control"][f"shared_{arm}"]
+    wb = st["by_dim"]["d2"]["work_bound"]
+    assert wb["shared_exact"] < wb["reg_exact"]
+    assert abs(wb["reg_exact"] - wb["shared_exact"] - 0.5) < 1e-12  # 3B of the 6B
+    lines = res.stdout.splitlines()
+    assert any(w.startswith("step.hutchinson_vs_control_d64") for w in lines)
+    assert any(w.startswith("step.shared.exact_vs_control_d2") for w in lines)
+
+
+def test_quick_couplings_section(tmp_path):
+    """The couplings section: curves of every option on the two trained teachers, the
+    equal-error savings recomputed from those curves, the headline option timed against the
+    reference, and the figure written next to --out (nothing next to the committed results)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import couplings_nfe as cn
+    from run import HEADLINE
+
+    out = tmp_path / "bench.json"
+    res = bench("--quick", "--only", "couplings", "--repeats", "1", "--out", str(out),
+                timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    c = json.loads(out.read_text())["couplings"]
+    assert (tmp_path / "couplings_nfe.png").stat().st_size > 10_000
+    assert c["figure"] == str(tmp_path / "couplings_nfe.png")
+    for teacher in ("toy", "mnist_unet"):
+        cur = c["nfe"][teacher]
+        assert set(cur["curves"]) == {cn.REFERENCE, *cn.OPTIONS}
+        ref = cur["reference_point"]
+        assert ref["robust_nfe"] == cn.robust_nfe(cur["curves"][cn.REFERENCE], ref["error"])
+        for name, eq in cur["equal_error"].items():
+            n = cn.robust_nfe(cur["curves"][name], ref["error"])
+            assert eq["nfe"] == n
+            assert eq["nfe_saving"] == (ref["robust_nfe"] / n if n else None)
+    assert c["nfe_saving_at_equal_error"] == c["nfe"]["toy"]["equal_error"][HEADLINE][
+        "nfe_saving"]
+    for k in ("speedup_vs_torchdiffeq", "equal_nfe_time_ratio", "whole_batch_time_ratio",
+              "mlp_fast_path_gain", "gemm_fraction", "net_call_fraction"):
+        assert c[k] > 0, k
+    assert c["unet"]["equal_nfe_time_ratio"] > 0
+    # the project's rk38 and torchdiffeq's rk4 share a tableau: the same endpoints to rounding
+    assert abs(c["endpoint_rms_error"]["rk38"] - c["endpoint_rms_error"]["reference"]) <= \
+        1e-3 * c["endpoint_rms_error"]["reference"] + 1e-6
+    lines = [w.split() for w in res.stdout.splitlines()]
+    assert any(w and w[0] == "couplings.nfe_saving_at_equal_error" for w in lines)
+

@@ -74,3 +74,22 @@ def test_torchrun_teacher_records_world_size(tmp_path):
     assert run["status"] == "COMPLETED" and run["result"]["world_size"] == 2
     assert json.loads((recs[0] / "info.json").read_text())["world_size"] == 2
     assert not (out / "state.pt").exists()
+
+
+def test_torchrun_couplings_write_the_file_of_one_process(tmp_path):
+    """Two ranks solve the chunks round-robin and rank 0 writes them: the same file, byte for
+    byte, as one process (both computed here), with a fitted step grid (rank 0's pilot, sent
+    to the other rank) and an odd number of chunks per split (the last round has one)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    py = [sys.executable, "-m", "reflowma"]
+    subprocess.run([*py, "teacher", "--params", "smoke", "--out", str(tmp_path / "t"),
+                    "--runs", str(tmp_path / "runs"), "train.steps=30"],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    over = ["n_train=250", "n_test=150", "chunk_size=50", "time_grid=fitted", "pilot_size=32"]
+    teacher = str(tmp_path / "t" / "teacher.pt")
+    subprocess.run([*py, "couplings", "--params", "smoke", "--teacher", teacher, "--out",
+                    str(tmp_path / "one.h5"), "--runs", str(tmp_path / "runs"), *over],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    _torchrun(2, "-m", "reflowma", "couplings", "--params", "smoke", "--teacher", teacher,
+              "--out", str(tmp_path / "two.h5"), "--runs", str(tmp_path / "runs"), *over)
+    assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()

@@ -15,7 +15,7 @@ from scipy.linalg import expm
 from reflowma import models
 
 # dx/dt = a(t) A x with a(t) = 1 + t (time-dependent, commuting with itself at all t), so
-from reflowma.core import solvers
+from reflowma.core import solvers, time_grids
 
 # x(t) = expm((t + t^2 / 2) A) x0 exactly.
 A = np.array([[-0.5, 2.0], [-1.5, -0.3]])
@@ -61,8 +61,8 @@ def test_solve_returns_states_at_window_ends():
         # RK4 with h = 1/128: global error ~ 1e-10 here; 1e-8 leaves margin.
         torch.testing.assert_close(out[i], exact(t), rtol=0, atol=1e-8)
     # steps are spread over the segments in proportion to their length
-    assert solvers.step_counts(times, 128) == [32, 32, 64]
-    assert solvers.step_counts([0.0, 0.01, 1.0], 4) == [1, 4]
+    assert [len(s) for s in time_grids.uniform(times, 128)] == [32, 32, 64]
+    assert [len(s) for s in time_grids.uniform([0.0, 0.01, 1.0], 4)] == [1, 4]
 
 
 def test_solve_grad_flag_and_unknown_method():

@@ -176,3 +176,24 @@ def test_mlp_jvp_without_autograd_is_bit_identical(activation):
         without = v.jvp(x, t, u)
     assert not without[1].requires_grad and with_grad[1].requires_grad
     assert torch.equal(with_grad[0], without[0]) and torch.equal(with_grad[1], without[1])
+
+
+def test_mlp_walks_its_layers_by_type():
+    """forward and jvp read each layer of ``net`` by its type, not its position: a net of
+    another layout (one hidden layer after another activation, mixed activations) gives the
+    inference values of the autograd forward (to rounding) and the autograd Jacobian; a layer
+    with no tangent rule is refused by name."""
+    torch.manual_seed(5)
+    v = mlp.MLPVelocity((3,), 24, 1).to(DT)
+    v.net = torch.nn.Sequential(v.net[0], torch.nn.Tanh(), torch.nn.Linear(24, 16),
+                                torch.nn.SiLU(), torch.nn.ReLU(), torch.nn.Linear(16, 3)).to(DT)
+    x, t = torch.randn(11, 3, dtype=DT), torch.tensor(0.3, dtype=DT).expand(11)
+    with torch.no_grad():
+        fast = v(x, t)
+    assert torch.allclose(fast, v(x, t.contiguous()), rtol=1e-12, atol=1e-14)
+    out, J = forward_jacobian(v, x, t)
+    xr = x.clone().requires_grad_(True)
+    assert torch.allclose(J, batch_jacobian(v(xr, t), xr), rtol=1e-12, atol=1e-14)
+    v.net.insert(2, torch.nn.LayerNorm(24).to(DT))
+    with pytest.raises(TypeError, match="LayerNorm"):
+        v.jvp(x, t, torch.randn(2, 11, 3, dtype=DT))

@@ -75,7 +75,7 @@ def mean_radius(s, cfg):
 DATASETS.register(NAMES["data"], lambda cfg: Ring())
 MODELS.register(NAMES["net"], build_tiny)
 OBJECTIVES.register(NAMES["objective"],
-                    lambda entry, cfg, ctx: VelocityNorm("demo_vnorm", 0.01, 0, ctx))
+                    lambda entry, cfg, ctx: VelocityNorm(key="demo_vnorm", weight=0.01, ctx=ctx))
 register(Metric(NAMES["metric"], "mean radius", "data units", figure=True,
                 paths={STUDENT: "nfe.{nfe}.demo_radius",
                        TEACHER_EULER: "teacher_euler.{nfe}.demo_radius",

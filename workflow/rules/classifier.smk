@@ -14,11 +14,7 @@ rule classifier:
     threads: job_threads("classifier")
     resources:
         **slurm_resources("classifier"),
-    params:
-        runs=RUNS,
-        nproc=1,
-        omp=res("classifier", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
     shell:
-        job_cmd("classifier", nproc=1) + " --params {input.params} --out {params.out}"
-        " --runs {params.runs} --job classifier/{wildcards.dataset}/seed~{wildcards.seed}"
+        job_cmd("classifier", rule_nproc=1)
+        + " --params {input.params} --out $(dirname {output.model})"
+        " --job classifier/{wildcards.dataset}/seed~{wildcards.seed}"

@@ -115,10 +115,14 @@ def slurm_resources(rule_name):
 # The trap keeps Snakemake's own shell alive when Slurm signals every process of the job, so
 # the script can requeue the job before the job step ends.
 # job.sh writes the rule's log itself (appending after a requeue), so rules do not redirect.
-def job_cmd(stage, nproc="{params.nproc}"):
+# A rule's constants (ranks, threads per rank, the records folder) are written into the
+# command's text instead of params: no per-job evaluation, and a change of one still reruns the
+# rule's jobs (Snakemake's code trigger compares the command's text).
+def job_cmd(stage, rule_nproc=None):
+    ranks = nproc(stage) if rule_nproc is None else rule_nproc
     return (
-        "trap true TERM INT; OMP_NUM_THREADS={params.omp}"
-        f' "$REFLOWMA_ROOT/workflow/scripts/job.sh" {nproc} {{log}} {stage}'
+        f"trap true TERM INT; OMP_NUM_THREADS={res(stage, 'threads', 1)}"
+        f' "$REFLOWMA_ROOT/workflow/scripts/job.sh" {ranks} {{log}} {stage} --runs {RUNS}'
     )
 
 
@@ -136,12 +140,19 @@ def all_evaluation_flags():
 
 
 def input_option(option, name, used):
-    """Param of an optional input `name`: `option <path>` for a job that has that input, ''
-    for one that has none; a constant '' (no per-job function) when no job of the grid has it
-    (`used` false)."""
+    """Params of an optional input `name`: `{name: "option <path>"}` for a job that has that
+    input, '' for one that has none; no param at all when no job of the grid has it (`used`
+    false: then `option_arg` adds nothing to the command either)."""
     if not used:
-        return ""
-    return lambda wc, input: f"{option} {getattr(input, name)}" if getattr(input, name) else ""
+        return {}
+    return {
+        name: lambda wc, input: (f"{option} {getattr(input, name)}" if getattr(input, name) else "")
+    }
+
+
+def option_arg(name, used):
+    """The command's placeholder of an `input_option` param (nothing when it is not used)."""
+    return f" {{params.{name}}}" if used else ""
 
 
 # Whether any evaluate job of this grid reads a classifier (fd_classifier: true): if none,

@@ -12,11 +12,7 @@ rule couplings:
     threads: job_threads("couplings")
     resources:
         **slurm_resources("couplings"),
-    params:
-        runs=RUNS,
-        nproc=nproc("couplings"),
-        omp=res("couplings", "threads", 1),
     shell:
         job_cmd("couplings") + " --params {input.params} --teacher {input.teacher}"
         " --out {output}"
-        " --runs {params.runs} --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"
+        " --job couplings/{wildcards.dataset}/seed~{wildcards.seed}"

@@ -18,15 +18,12 @@ rule evaluate:
     resources:
         **slurm_resources("evaluate"),
     params:
-        runs=RUNS,
-        nproc=1,
-        omp=res("evaluate", "threads", 1),
-        classifier=input_option("--classifier", "classifier", USES_CLASSIFIER),
+        **input_option("--classifier", "classifier", USES_CLASSIFIER),
     shell:
-        job_cmd("evaluate", nproc=1) + " --params {input.params} --student {input.student}"
-        " --teacher {input.teacher} --couplings {input.couplings} {params.classifier}"
-        " --out {output.eval}"
-        " --runs {params.runs}"
+        job_cmd("evaluate", rule_nproc=1) + " --params {input.params} --student {input.student}"
+        " --teacher {input.teacher} --couplings {input.couplings}"
+        + option_arg("classifier", USES_CLASSIFIER)
+        + " --out {output.eval}"
         " --job evaluate/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
 
 

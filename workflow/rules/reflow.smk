@@ -18,13 +18,9 @@ rule reflow:
     resources:
         **slurm_resources("reflow"),
     params:
-        runs=RUNS,
-        nproc=nproc("reflow"),
-        omp=res("reflow", "threads", 1),
-        out=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}",  # the outputs' folder
-        equal_time=input_option("--time-of", "time_of", bool(EQUAL_TIME)),
+        **input_option("--time-of", "time_of", bool(EQUAL_TIME)),
     shell:
         job_cmd("reflow") + " --params {input.params} --couplings {input.couplings}"
-        " --teacher {input.teacher} --out {params.out} {params.equal_time}"
-        " --runs {params.runs}"
-        " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"
+        " --teacher {input.teacher} --out $(dirname {output.model})"
+        + option_arg("time_of", bool(EQUAL_TIME))
+        + " --job reflow/{wildcards.dataset}/seed~{wildcards.seed}/{wildcards.point}"

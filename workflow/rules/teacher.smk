@@ -12,11 +12,6 @@ rule teacher:
     threads: job_threads("teacher")
     resources:
         **slurm_resources("teacher"),
-    params:
-        runs=RUNS,
-        nproc=nproc("teacher"),
-        omp=res("teacher", "threads", 1),
-        out=lambda wc, output: str(Path(output.model).parent),
     shell:
-        job_cmd("teacher") + " --params {input.params} --out {params.out}"
-        " --runs {params.runs} --job teacher/{wildcards.dataset}/seed~{wildcards.seed}"
+        job_cmd("teacher") + " --params {input.params} --out $(dirname {output.model})"
+        " --job teacher/{wildcards.dataset}/seed~{wildcards.seed}"

@@ -4,8 +4,9 @@ Fixed-step Euler / Heun / RK4 (the classic tableau) / RK38 (Kutta's 3/8 rule, th
 torchdiffeq's ``rk4``: same cost per step, on smooth teacher fields often a smaller error) run
 batched under ``torch.no_grad`` unless ``grad=True``;
 ``solve`` returns the states at every time of a grid (e.g. the window ends of piecewise
-reflow), distributing the steps over the segments in proportion to their length. The
-adaptive ``dopri5`` reference goes through torchdiffeq.
+reflow), its steps placed by a step grid (``time_grids``: uniform by default, i.e. in proportion
+to each segment's length; ``fitted_grid`` fits one to a pilot solve's local errors). The
+adaptive ``dopri5`` goes through torchdiffeq.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from reflowma.core import time_grids
 
 FIXED = ("euler", "heun", "rk4", "rk38")
 METHODS = FIXED + ("dopri5",)
@@ -47,16 +50,13 @@ def step(v, x: torch.Tensor, t: float, h: float, method: str) -> torch.Tensor:
     raise ValueError(f"unknown fixed-step solver {method!r}; allowed: {', '.join(FIXED)}")
 
 
-def step_counts(times, steps: int) -> list[int]:
-    """Steps per segment of a time grid: ``max(1, round(steps * length))``."""
-    return [max(1, round(steps * (b - a))) for a, b in zip(times[:-1], times[1:], strict=True)]
-
-
 def solve(v, x0: torch.Tensor, times, steps: int, method: str = "euler", grad: bool = False,
-          rtol: float = 1e-7, atol: float = 1e-9) -> torch.Tensor:
+          rtol: float = 1e-7, atol: float = 1e-9, grid=None) -> torch.Tensor:
     """States at each time of ``times`` (``times[0]`` is where ``x0`` lives): ``[T, B, *data]``.
 
-    ``steps`` is the number of steps over a unit time interval (ignored by ``dopri5``).
+    ``steps`` is the number of steps over a unit time interval (ignored by ``dopri5``, which
+    takes ``rtol`` / ``atol``); ``grid`` (``time_grids``: the steps ``(t, h)`` of each segment
+    of ``times``) places them, ``time_grids.uniform(times, steps)`` by default.
     """
     times = [float(s) for s in times]
     if method == "dopri5":
@@ -69,17 +69,45 @@ def solve(v, x0: torch.Tensor, times, steps: int, method: str = "euler", grad: b
                           method="dopri5", rtol=rtol, atol=atol)
     if method not in FIXED:
         raise ValueError(f"unknown solver {method!r}; allowed: {', '.join(METHODS)}")
+    grid = time_grids.uniform(times, steps) if grid is None else grid
+    if len(grid) != len(times) - 1:
+        raise ValueError(f"a step grid of {len(grid)} segments for {len(times)} times")
     out = [x0]
     x = x0
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     with ctx:
-        for (a, b), n in zip(zip(times[:-1], times[1:], strict=True), step_counts(times, steps),
-                             strict=True):
-            h = (b - a) / n
-            for i in range(n):
-                x = step(v, x, a + i * h, h, method)
+        for segment in grid:
+            for t, h in segment:
+                x = step(v, x, t, h, method)
             out.append(x)
         return torch.stack(out)  # inside ctx: without grad=True nothing tracks x0 either
+
+
+def local_errors(v, x0: torch.Tensor, grid, method: str):
+    """Per step of ``grid`` (in order): the RMS over the batch of the local error of that step
+    along the solve from ``x0``, estimated by step doubling (one step of h against two of h/2
+    from the same state). Costs three solves' network evaluations."""
+    errs = []
+    x = x0
+    with torch.no_grad():
+        for segment in grid:
+            for t, h in segment:
+                full = step(v, x, t, h, method)
+                half = step(v, step(v, x, t, h / 2, method), t + h / 2, h / 2, method)
+                errs.append(float((full - half).flatten(1).pow(2).sum(-1).mean().sqrt()))
+                x = full
+    return errs
+
+
+def fitted_grid(v, pilot: torch.Tensor, times, steps: int, method: str):
+    """The ``time_grids.fitted`` grid of ``steps`` per unit for ``times``: its density from the
+    local errors of a uniform pilot solve of ``pilot`` with the same steps and method."""
+    base = time_grids.uniform(times, steps)
+    errs = local_errors(v, pilot, base, method)
+    knots = time_grids.step_times(base, times[-1])
+    hs = [h for seg in base for _, h in seg]
+    density = time_grids.local_error_density(errs, hs, time_grids.ORDER[method])
+    return time_grids.warped(times, steps, time_grids.fitted(knots, density))
 
 
 def sample_grid(nfe: int, K: int = 1) -> list[float]:

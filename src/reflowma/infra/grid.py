@@ -25,7 +25,8 @@ from reflowma.registry import InputError
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
            "regularizer.discrepancy": "disc",
            "window_start_weight": "ws", "regularizer.eps": "eps",
-           "regularizer.warm_start": "warm", "loss.name": "loss", "time_sampler.name": "tsamp"}
+           "regularizer.warm_start": "warm", "regularizer.share_window_start": "share",
+           "loss.name": "loss", "time_sampler.name": "tsamp"}
 
 
 def fmt(value) -> str:

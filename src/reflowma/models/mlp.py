@@ -5,14 +5,14 @@ A time shared by the whole batch (a 0-dim t, or a stride-0 expansion such as
 autograd (the ODE solves of couplings and evaluation), a shared time goes further: its part
 of the first layer is folded into that layer's bias once per call (``W_t e(t) + b``, one row),
 so the batch's first product has ``dim`` inputs instead of ``dim + time_embed_dim``, and the
-activations run in place. The result equals the general path's to float rounding (the first
-layer's sum is associated differently: relative differences of order 1e-7 in float32);
-with autograd on, nothing changes.
+activations run in place. The result equals the one with autograd to float rounding (the first
+layer's sum is associated differently: relative differences of order 1e-7 in float32).
 """
 
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,11 @@ DERIVATIVES = {
     "elu": lambda a, h: torch.where(a > 0, torch.ones_like(a), h + 1),
     "gelu": _gelu_prime,
 }
+
+
+# the same, by module type: each layer of ``net`` is looked up by what it is, not where it is
+_IN_PLACE_BY_TYPE = {ACTIVATIONS[k]: IN_PLACE[k] for k in ACTIVATIONS}
+_DERIVATIVE_BY_TYPE = {ACTIVATIONS[k]: DERIVATIVES[k] for k in ACTIVATIONS}
 
 
 def shared_time(t: torch.Tensor) -> bool:
@@ -105,20 +110,25 @@ class MLPVelocity(nn.Module):
             emb = self.embed(t)
         return torch.cat([x.reshape(B, -1), emb.to(x.dtype)], dim=-1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and shared_time(t):
-            return self._shared_time_inference(x, t)
-        return self.net(self._input(x, t)).reshape(x.shape)
-
-    def _shared_time_inference(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``forward`` for one time and no autograd (see the module docstring)."""
-        layers, act = list(self.net), IN_PLACE[self.activation]
-        first = layers[0]
+    def _first_layer(self, x: torch.Tensor, t: torch.Tensor, fold: bool) -> torch.Tensor:
+        """The first layer's output on ``[x, embed(t)]``; with ``fold`` (one time for the whole
+        batch) its time part ``W_t embed(t) + b`` is computed once, as the bias of ``W_x x``."""
+        first = self.net[0]
+        if not fold:
+            return first(self._input(x, t))
         emb = self.embed(t.reshape(-1)[:1]).to(x.dtype)  # [1, time_embed_dim]
         bias = torch.addmm(first.bias, emb, first.weight[:, self.dim:].t()).reshape(-1)
-        h = torch.addmm(bias, x.reshape(x.shape[0], -1), first.weight[:, :self.dim].t())
-        for lin in layers[2::2]:
-            h = torch.addmm(lin.bias, act(h), lin.weight.t())
+        return torch.addmm(bias, x.reshape(x.shape[0], -1), first.weight[:, :self.dim].t())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``v(x, t)``: the layers of ``net`` in order. Without autograd (nothing keeps the
+        intermediate values) a shared time is folded into the first layer's bias and the
+        activations run in place."""
+        inference = not torch.is_grad_enabled()
+        h = self._first_layer(x, t, fold=inference and shared_time(t))
+        for layer in islice(self.net, 1, None):
+            in_place = _IN_PLACE_BY_TYPE.get(type(layer)) if inference else None
+            h = in_place(h) if in_place is not None else layer(h)
         return h.reshape(x.shape)
 
     def jvp(self, x: torch.Tensor, t: torch.Tensor, tangents: torch.Tensor):
@@ -130,19 +140,24 @@ class MLPVelocity(nn.Module):
         parameters with a single ordinary backward.
         """
         n, B = tangents.shape[0], x.shape[0]
-        deriv = DERIVATIVES[self.activation]
-        layers = list(self.net)
-        a = layers[0](self._input(x, t))
-        T = tangents.reshape(n * B, self.dim) @ layers[0].weight[:, :self.dim].t()
         grad = torch.is_grad_enabled()
-        for act, lin in zip(layers[1::2], layers[2::2], strict=True):
-            h = act(a)
+        a = self._first_layer(x, t, fold=False)
+        T = tangents.reshape(n * B, self.dim) @ self.net[0].weight[:, :self.dim].t()
+        for layer in islice(self.net, 1, None):
+            if isinstance(layer, nn.Linear):
+                a = layer(a)
+                T = T @ layer.weight.t()
+                continue
+            deriv = _DERIVATIVE_BY_TYPE.get(type(layer))
+            if deriv is None:
+                raise TypeError(f"MLPVelocity.jvp: no tangent rule for {type(layer).__name__}; "
+                                f"layers with one: Linear, {', '.join(sorted(ACTIVATIONS))}")
+            h = layer(a)
             if grad:
                 T = (T.reshape(n, B, -1) * deriv(a, h)).reshape(n * B, -1)
             else:  # the same product, in place (T is this call's own fresh tensor)
                 T.view(n, B, -1).mul_(deriv(a, h))
-            a = lin(h)
-            T = T @ lin.weight.t()
+            a = h
         return a.reshape(x.shape), T.reshape(n, *x.shape)
 
 

@@ -1,10 +1,13 @@
-"""The objective interface: a training loss is a weighted sum of registered terms.
+"""The objective interface: a training loss is a weighted sum of terms.
 
 A term is built from the reflow config and a ``Context`` (the teacher states at the window ends,
-K, the device, the frozen teacher) by a factory registered in ``OBJECTIVES``. Calling it draws
-its own batch from the shared generator and returns ``(loss, logs)``. ``Objective`` sums the
-terms that are on at a step (``term.start_step``); it is the ``loss_fn(v, step, generator)`` the
-training loop calls, and the benchmarks time the same object.
+K, the device, the frozen teacher): the built-in terms by ``objectives.build`` itself, plug-in
+terms by a factory registered in ``OBJECTIVES``. Calling a term draws its own batch from the
+shared generator and returns ``(loss, logs)``. ``Objective`` sums the parts of the terms that
+are on at a step (``Term.parts``: one part, the term's own value from ``term.start_step`` on;
+a term that computes several loss values from one forward returns one part per value); it is
+the ``loss_fn(v, step, generator)`` the training loop calls, and the benchmarks time the same
+object.
 
 Draws happen where the generator lives (``device=generator.device``), and the batch is indexed
 out of ``Context.ends`` where they live: the CPU generator with ends on the CPU (batches are
@@ -44,7 +47,7 @@ class Context:
     steps: int = 1
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Term:
     """One weighted loss term: subclasses implement ``loss(v, generator) -> (tensor, logs)``,
     logs a dict of detached tensors (or floats)."""
@@ -56,10 +59,20 @@ class Term:
     def loss(self, v, generator: torch.Generator):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def parts(self, v, step: int, generator: torch.Generator) -> list[tuple]:
+        """``(key, weight, value, logs)`` of each loss value this term adds at ``step``."""
+        if step < self.start_step:
+            return []
+        value, logs = self.loss(v, generator)
+        return [(self.key, self.weight, value, logs)]
+
+    def keys(self) -> list[str]:
+        return [self.key]
+
 
 @dataclass
 class Objective:
-    """Weighted sum of terms; logs each term's value under its key (``key_stat`` for stats),
+    """Weighted sum of terms; logs each part's value under its key (``key_stat`` for stats),
     as detached tensors."""
 
     terms: list[Term] = field(default_factory=list)
@@ -67,13 +80,11 @@ class Objective:
     def __call__(self, v, step: int, generator: torch.Generator):
         total, logs = None, {}
         for term in self.terms:
-            if step < term.start_step:
-                continue
-            value, stats = term.loss(v, generator)
-            total = value * term.weight if total is None else total + term.weight * value
-            logs[term.key] = value.detach()
-            logs.update({f"{term.key}_{k}": s for k, s in stats.items()})
+            for key, weight, value, stats in term.parts(v, step, generator):
+                total = value * weight if total is None else total + weight * value
+                logs[key] = value.detach()
+                logs.update({f"{key}_{k}": s for k, s in stats.items()})
         return total, logs
 
     def keys(self) -> list[str]:
-        return [t.key for t in self.terms]
+        return [k for t in self.terms for k in t.keys()]

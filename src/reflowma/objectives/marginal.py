@@ -110,31 +110,34 @@ def velocity_and_logdet(v, x: torch.Tensor, t: torch.Tensor, h: float, logdet: s
     return vx, h * torch.diagonal(J, dim1=1, dim2=2).sum(-1), None
 
 
-def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: str = "exact",
-              fold_delta: float | None = 1e-3, eps: float = 0.05, rescale_end: bool = True,
-              n_probes: int = 1, generator: torch.Generator | None = None,
-              stop_grad: bool = True):
-    """Surrogate ``L`` (scalar) whose parameter gradient is the reverse-KL gradient, and stats.
-
-    ``x``: teacher states at the window starts ``[B, *data]``; ``k``: window index ``[B]``;
-    ``score_fn(y, t) -> [B, *data]`` the target score at time ``t`` ``[B]``.
-    """
+def pushforward(v, x: torch.Tensor, tk: torch.Tensor, h: float, logdet: str,
+                fold_delta: float | None, n_probes: int, generator: torch.Generator | None):
+    """``(x, v(x, t_k), log-det term [B], det [B] or None)`` of the window map
+    ``x -> x + h v(x, t_k)`` at teacher states ``x`` (returned detached; requiring grad on the
+    reverse-mode path): forward mode for a network with ``v.jvp``, VJPs otherwise."""
     if logdet not in LOGDET_MODES:
         raise ValueError(f"regularizer.logdet: {logdet!r}; allowed: {', '.join(LOGDET_MODES)}")
-    h = 1.0 / K
-    tk = k.to(x.dtype) / K
     if hasattr(v, "jvp"):
         x = x.detach()
         vx, ld, det = velocity_and_logdet(v, x, tk, h, logdet, fold_delta, n_probes, generator)
+        return x, vx, ld, det
+    x = x.detach().requires_grad_(True)
+    vx, det = v(x, tk), None
+    if logdet == "exact":
+        ld, det = logdet_exact(vx, x, h, fold_delta)
+    elif logdet == "trace":
+        ld = logdet_trace(vx, x, h)
     else:
-        x = x.detach().requires_grad_(True)
-        vx, det = v(x, tk), None
-        if logdet == "exact":
-            ld, det = logdet_exact(vx, x, h, fold_delta)
-        elif logdet == "trace":
-            ld = logdet_trace(vx, x, h)
-        else:
-            ld = logdet_hutchinson(vx, x, h, n_probes, generator)
+        ld = logdet_hutchinson(vx, x, h, n_probes, generator)
+    return x, vx, ld, det
+
+
+def alignment(score_fn, x: torch.Tensor, vx: torch.Tensor, ld: torch.Tensor, det, k, K: int, *,
+              eps: float, rescale_end: bool, stop_grad: bool = True):
+    """The surrogate ``(-ld - stopgrad(s(y', t')) . y').mean()`` and its stats, from the window
+    map's pieces (``pushforward``): ``y = x + vx / K``, ``y'`` and ``t'`` as in the module
+    docstring."""
+    h, tk = 1.0 / K, k.to(x.dtype) / K
     y = x + h * vx
     stats = {}
     if det is not None:
@@ -151,6 +154,21 @@ def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: 
     return (-ld - align).mean(), stats
 
 
+def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: str = "exact",
+              fold_delta: float | None = 1e-3, eps: float = 0.05, rescale_end: bool = True,
+              n_probes: int = 1, generator: torch.Generator | None = None,
+              stop_grad: bool = True):
+    """Surrogate ``L`` (scalar) whose parameter gradient is the reverse-KL gradient, and stats.
+
+    ``x``: teacher states at the window starts ``[B, *data]``; ``k``: window index ``[B]``;
+    ``score_fn(y, t) -> [B, *data]`` the target score at time ``t`` ``[B]``.
+    """
+    x, vx, ld, det = pushforward(v, x, k.to(x.dtype) / K, 1.0 / K, logdet, fold_delta, n_probes,
+                                 generator)
+    return alignment(score_fn, x, vx, ld, det, k, K, eps=eps, rescale_end=rescale_end,
+                     stop_grad=stop_grad)
+
+
 def teacher_score_fn(teacher):
     """Target score ``s_T(y, t) = -(y - t v_T(y, t)) / (1 - t)`` of a frozen teacher, at the
     times ``t < 1`` the surrogate builds (not read back: no host-device sync)."""
@@ -161,12 +179,12 @@ def teacher_score_fn(teacher):
     return score
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MarginalAlignment(Term):
     """The surrogate on a batch of window-start states ``x_k`` drawn from the couplings, with
     the window ``k`` drawn uniformly from ``windows``; on from ``start_step`` (warm start)."""
 
-    ctx: Context | None = None
+    ctx: Context
     batch_size: int = 256
     windows: tuple[int, ...] = (0,)
     options: dict | None = None
@@ -213,7 +231,7 @@ def sample_discrepancy(name: str, y: torch.Tensor, target: torch.Tensor,
     raise ValueError(f"regularizer.discrepancy: {name!r}; allowed: {', '.join(DISCREPANCIES)}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SampleDiscrepancy(Term):
     """Mean over the windows ``k`` in ``windows`` of ``D(Phi_k # x_k, x'_{k+1})``: per window,
     ``m = max(2, batch_size // len(windows))`` teacher states ``x_k`` (the student's one Euler
@@ -223,7 +241,7 @@ class SampleDiscrepancy(Term):
     would let one window's mass stand in for another's. The last window's targets are the
     teacher endpoints (no score, so no ``eps`` rescaling)."""
 
-    ctx: Context | None = None
+    ctx: Context
     batch_size: int = 256
     windows: tuple[int, ...] = (0,)
     name: str = "mmd"
@@ -245,7 +263,7 @@ class SampleDiscrepancy(Term):
         return total / len(self.windows), stats
 
 
-def marginal_alignment(entry: dict, cfg: dict, ctx: Context) -> Term:
+def marginal_alignment(cfg: dict, ctx: Context) -> Term:
     """The regularizer term of a reflow config's ``regularizer`` section: ``MarginalAlignment``
     for ``discrepancy: reverse_kl`` (the default), else ``SampleDiscrepancy``."""
     reg = cfg["regularizer"]
@@ -257,8 +275,10 @@ def marginal_alignment(entry: dict, cfg: dict, ctx: Context) -> Term:
                                        "sinkhorn_tol") if k in reg}
         if "mmd_scales" in reg:
             options["mmd_scales"] = tuple(reg["mmd_scales"])
-        return SampleDiscrepancy("reg", reg["weight"], start, ctx, reg["batch_size"],
-                                 tuple(windows), name, options)
+        return SampleDiscrepancy(key="reg", weight=reg["weight"], start_step=start, ctx=ctx,
+                                 batch_size=reg["batch_size"], windows=tuple(windows), name=name,
+                                 options=options)
     options = {k: reg[k] for k in ("logdet", "fold_delta", "eps", "rescale_end", "n_probes")}
-    return MarginalAlignment("reg", reg["weight"], start, ctx, reg["batch_size"],
-                             tuple(windows), options)
+    return MarginalAlignment(key="reg", weight=reg["weight"], start_step=start, ctx=ctx,
+                             batch_size=reg["batch_size"], windows=tuple(windows),
+                             options=options)

@@ -15,9 +15,9 @@ from reflowma.core import interpolant, losses, time_samplers
 from reflowma.objectives.base import Context, Term
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrajectoryMatching(Term):
-    ctx: Context | None = None
+    ctx: Context
     batch_size: int = 256
     time_sampler: dict | None = None
     distance: str = "l2"
@@ -32,9 +32,9 @@ class TrajectoryMatching(Term):
                               self.huber_c), {}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WindowStart(Term):
-    ctx: Context | None = None
+    ctx: Context
     batch_size: int = 256
     distance: str = "l2"
     huber_c: float | None = None
@@ -48,11 +48,13 @@ class WindowStart(Term):
                               self.huber_c), {}
 
 
-def trajectory_matching(entry: dict, cfg: dict, ctx: Context) -> TrajectoryMatching:
-    return TrajectoryMatching("tm", 1.0, 0, ctx, cfg["train"]["batch_size"],
-                              cfg["time_sampler"], cfg["loss"]["name"], cfg["loss"]["huber_c"])
+def trajectory_matching(cfg: dict, ctx: Context) -> TrajectoryMatching:
+    return TrajectoryMatching(key="tm", ctx=ctx, batch_size=cfg["train"]["batch_size"],
+                              time_sampler=cfg["time_sampler"], distance=cfg["loss"]["name"],
+                              huber_c=cfg["loss"]["huber_c"])
 
 
-def window_start(entry: dict, cfg: dict, ctx: Context) -> WindowStart:
-    return WindowStart("window_start", cfg["window_start_weight"], 0, ctx,
-                       cfg["train"]["batch_size"], cfg["loss"]["name"], cfg["loss"]["huber_c"])
+def window_start(cfg: dict, ctx: Context) -> WindowStart:
+    return WindowStart(key="window_start", weight=cfg["window_start_weight"], ctx=ctx,
+                       batch_size=cfg["train"]["batch_size"], distance=cfg["loss"]["name"],
+                       huber_c=cfg["loss"]["huber_c"])

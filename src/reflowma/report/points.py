@@ -9,7 +9,7 @@ from functools import lru_cache
 from reflowma.infra.runs import parse_point
 from reflowma.report.collect import num
 
-REG_AXES = ("lam", "disc", "logdet", "eps", "warm")
+REG_AXES = ("lam", "disc", "logdet", "eps", "warm", "share")
 
 
 def is_reg_axis(key: str) -> bool:

@@ -183,14 +183,21 @@ def ema_update(ema_params: list, params: list, decay: float) -> None:
 # computes: a run's fingerprint leaves them out at these values (``identity``)
 NEUTRAL = {"compile": "none", "channels_last": False, "data_on_device": "auto",
            "fused_optimizer": "auto", "lr_scaling": "none", "lr_reference_batch": None}
+# the same for the fields of other sections: options that, at these values, compute what a
+# config without them computes
+NEUTRAL_BY_SECTION = {"train": NEUTRAL, "regularizer": {"share_window_start": False}}
 
 
 def identity(cfg: dict) -> dict:
     """A stage config as its run's fingerprint sees it: without the stage's own ``eval``
-    section (it does not change training) and without the ``train`` fields of ``NEUTRAL``
+    section (it does not change training) and without the fields of ``NEUTRAL_BY_SECTION``
     at those values, so that spelling them out changes no resume state or model file."""
-    train = {k: v for k, v in cfg["train"].items() if k not in NEUTRAL or v != NEUTRAL[k]}
-    return {**{k: v for k, v in cfg.items() if k != "eval"}, "train": train}
+    out = {k: v for k, v in cfg.items() if k != "eval"}
+    for section, neutral in NEUTRAL_BY_SECTION.items():
+        if isinstance(cfg.get(section), dict):
+            out[section] = {k: v for k, v in cfg[section].items()
+                            if k not in neutral or v != neutral[k]}
+    return out
 
 
 NO_STEP = 2**62  # no non-finite loss so far
