@@ -6,48 +6,134 @@ the other input checks: ``InputError``, unreadable checkpoints or couplings, mis
 files); any other exception is a bug and exits 1 with its traceback. An
 interrupted job (SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a
 non-finite loss exits 3.
+
+The commands are two tables: ``STAGES`` (the pipeline stages: the function each runs on its
+validated config, its input files) and ``COMMANDS`` (the others: the function each calls with
+its arguments). A command's arguments are added to the parser when that command is parsed or
+its help printed, and a stage's fields list (every field with its value under ``--params``,
+which validates the config) only for its ``--help``. The functions' modules are imported when
+they run (``module:function`` names): the stages import torch, the report matplotlib, the
+theory numpy, none of which ``reflowma --help`` or a bad flag needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflowma import __version__
 from reflowma.infra import config
+from reflowma.infra.signals import Interrupted
+from reflowma.registry import InputError
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
-STAGE_INPUTS = {
-    "teacher": [],
-    "couplings": [("--teacher", "teacher model file (teacher.pt)")],
-    "reflow": [("--couplings", "couplings HDF5 file"), ("--teacher", "teacher model file")],
-    "evaluate": [("--student", "student model file (student.pt)"),
-                 ("--teacher", "teacher model file"), ("--couplings", "couplings HDF5 file")],
-    "classifier": [],
-}
-# optional inputs: (flag, help)
-STAGE_OPTIONAL = {"evaluate": [("--classifier", "classifier model file (classifier.pt); "
-                                "required with fd_classifier: true")],
-                  "reflow": [("--time-of", "a student's metrics.json: train for its training "
-                              "seconds (train.time_budget_s), with train.steps planned from "
-                              "this job's measured seconds per step (the equal-time control)")]}
-STAGE_OUT = {"teacher": "output folder", "couplings": "output HDF5 file",
-             "reflow": "output folder", "evaluate": "output JSON file",
-             "classifier": "output folder"}
-STAGE_HELP = {"teacher": "train the flow-matching teacher",
-              "couplings": "generate teacher couplings (z, x) + window-end states (HDF5)",
-              "reflow": "train a reflow student (vanilla or piecewise, optional regularizer)",
-              "evaluate": "few-step NFE sweep and marginal metrics of a student",
-              "classifier": "train the small CNN whose features fd_classifier uses (labelled "
-                            "image data)"}
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command: its flags (or name) and ``add_argument``'s keywords."""
+
+    flags: tuple[str, ...]
+    kw: dict = field(default_factory=dict)
 
 
-def _fields_epilog(stage: str, params: str) -> str:
+def arg(*flags: str, **kw) -> Arg:
+    return Arg(flags, kw)
+
+
+def function(name: str) -> Callable:
+    """The function ``module:function`` (its module imported now)."""
+    module, fn = name.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+# --------------------------------------------------------------------------- pipeline stages
+
+
+def metrics_json(out: Path, cfg: dict) -> list:
+    return [out / "metrics.json"]
+
+
+def evaluation_files(out: Path, cfg: dict) -> list:
+    """The report reads eval.json and samples.npz from the record; image data: PNG grids."""
+    from reflowma.stages import evaluate
+
+    return [out, evaluate.samples_path(out), *evaluate.image_paths(out, cfg["nfe"])]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``reflowma NAME --params P [inputs] --out OUT [key=value ...]`` runs ``run(cfg,
+    *passes)`` on the validated config. ``passes`` names the values after ``cfg``: an input
+    flag's (``teacher`` for ``--teacher``), ``out`` (a Path), ``log`` (the run record's
+    logger, None when not recorded), ``plan_steps`` (whether ``--time-of`` is given).
+    ``attach(out, cfg)``: the files the run record keeps."""
+
+    name: str
+    help: str
+    run: str
+    passes: tuple[str, ...]
+    out: str
+    inputs: tuple[Arg, ...] = ()  # required (except with --print-config)
+    optional: tuple[Arg, ...] = ()
+    attach: Callable[[Path, dict], list] = metrics_json
+
+
+TEACHER = arg("--teacher", help="teacher model file (teacher.pt)")
+COUPLINGS = arg("--couplings", help="couplings HDF5 file")
+STAGES = (
+    Stage("teacher", "train the flow-matching teacher", "reflowma.stages.teacher:run",
+          ("out", "log"), "output folder"),
+    Stage("couplings", "generate teacher couplings (z, x) + window-end states (HDF5)",
+          "reflowma.stages.couplings:run", ("teacher", "out"), "output HDF5 file",
+          inputs=(TEACHER,), attach=lambda out, cfg: []),
+    Stage("reflow", "train a reflow student (vanilla or piecewise, optional regularizer)",
+          "reflowma.stages.reflow:run", ("couplings", "teacher", "out", "log", "plan_steps"),
+          "output folder", inputs=(COUPLINGS, arg("--teacher", help="teacher model file")),
+          optional=(arg("--time-of", help="a student's metrics.json: train for its training "
+                        "seconds (train.time_budget_s), with train.steps planned from this "
+                        "job's measured seconds per step (the equal-time control)"),)),
+    Stage("evaluate", "few-step NFE sweep and marginal metrics of a student",
+          "reflowma.stages.evaluate:run",
+          ("student", "teacher", "couplings", "out", "classifier"), "output JSON file",
+          inputs=(arg("--student", help="student model file (student.pt)"),
+                  arg("--teacher", help="teacher model file"), COUPLINGS),
+          optional=(arg("--classifier", help="classifier model file (classifier.pt); "
+                        "required with fd_classifier: true"),),
+          attach=evaluation_files),
+    Stage("classifier", "train the small CNN whose features fd_classifier uses (labelled "
+          "image data)", "reflowma.stages.classifier:run", ("out", "log"), "output folder"),
+)
+PARAMS = arg("--params", default="toy",
+             help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
+RECORD_INPUTS = ("teacher", "couplings", "student", "classifier", "time_of")
+
+
+def stage_args(stage: Stage) -> tuple[Arg, ...]:
+    needed = " (required, except with --print-config)"
+    return (
+        PARAMS,
+        *(arg(*a.flags, **{**a.kw, "help": a.kw["help"] + needed}) for a in stage.inputs),
+        *(arg(*a.flags, default=None, **a.kw) for a in stage.optional),
+        arg("--out", help=f"{stage.out}{needed}"),
+        arg("--runs", default=os.environ.get("REFLOWMA_RUNS"), help="record the job as a "
+            "Sacred run in this folder [$REFLOWMA_RUNS; none: not recorded]"),
+        arg("--job", default=None, help="job name stored in the run record (the workflow "
+            "passes the grid point) [stage:out]"),
+        arg("--print-config", action="store_true",
+            help="print the validated config as YAML and exit"),
+        arg("overrides", nargs="*", metavar="key=value",
+            help="dotted overrides, e.g. train.steps=100 data.name=moons"),
+    )
+
+
+def fields_epilog(stage: str, params: str) -> str:
     """Every field with the value the preset gives it (the stage default where it sets none)."""
     try:
         rows = config.field_docs(stage, config.stage_config(stage, params))
@@ -66,6 +152,205 @@ def _fields_epilog(stage: str, params: str) -> str:
     return "\n".join(lines)
 
 
+def run_stage(stage: Stage, flags: dict, parser_error: Callable) -> dict:
+    """A pipeline stage: its config validated, then its function, recorded as a Sacred run
+    with ``--runs`` (under torchrun by rank 0 alone)."""
+    overrides, equal_time = list(flags["overrides"]), None
+    if flags.get("time_of"):
+        equal_time = function("reflowma.stages.reflow:equal_time_of")(flags["time_of"])
+        overrides += equal_time["overrides"]
+    cfg = config.stage_config(stage.name, flags["params"], overrides)
+    if flags["print_config"]:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False))
+        return {}
+    missing = [f for f in (*(a.flags[0] for a in stage.inputs), "--out")
+               if flags[f[2:].replace("-", "_")] is None]
+    if missing:
+        parser_error(f"the following arguments are required: {', '.join(missing)}")
+    out = Path(flags["out"])
+    run = function(stage.run)
+    from reflowma.core.seeding import device
+    from reflowma.infra import distributed
+
+    def call(c, log):
+        values = {**flags, "out": out, "log": log, "plan_steps": equal_time is not None}
+        return run(c, *(values[p] for p in stage.passes))
+
+    distributed.init(device(cfg["device"]))  # under torchrun: join; rank 0 alone records
+    if not flags["runs"] or not distributed.is_main():
+        return call(cfg, None)
+    from reflowma.infra.tracking import recorded
+    from reflowma.stages.common import data_sha256
+
+    inputs = {k: flags[k] for k in RECORD_INPUTS if flags.get(k)}
+    return recorded(stage.name, cfg, call, flags["runs"],
+                    flags["job"] or f"{stage.name}:{flags['out']}", stage.attach(out, cfg),
+                    {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
+                     "world_size": distributed.world_size(),
+                     "data_sha256": data_sha256(cfg["data"]),
+                     **({"equal_time": equal_time["info"]} if equal_time else {})})
+
+
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+
+# --------------------------------------------------------------------------- other commands
+
+
+@dataclass(frozen=True)
+class Command:
+    """``reflowma NAME [args]`` calls ``call`` (``module:function``) with the parsed arguments
+    as keywords and exits with what it returns; or, with ``subcommands``, picks one of them."""
+
+    name: str
+    help: str
+    call: str = ""
+    args: tuple[Arg, ...] = ()
+    description: str | None = None
+    subcommands: tuple[Command, ...] = ()
+    defaults_in_help: bool = False
+
+
+def report(counterexample=None, **flags) -> int:
+    """``reflowma report``: Theorem 1's counterexample (the theory layer's) handed to the report
+    command (the report layer's); the two layers are siblings and meet here."""
+    from reflowma.report import command
+    from reflowma.theory.counterexample import for_report
+
+    cex, source = for_report(counterexample)
+    return command.main(**flags, counterexample=cex, counterexample_source=source)
+
+
+def counterexample_args() -> tuple[Arg, ...]:
+    from reflowma.theory import counterexample as ce
+
+    return (
+        arg("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"),
+            help="mean of the 2D Gaussian data"),
+        arg("--sigma", nargs=4, type=float, metavar=("S11", "S12", "S21", "S22"),
+            default=[v for row in ce.DEFAULT_SIGMA for v in row],
+            help="covariance of the data, row by row (symmetric positive definite)"),
+        arg("--angle", type=float, default=ce.DEFAULT_ANGLE_DEG,
+            help="rotation angle of the rotation student, in degrees"),
+        arg("--nfe", nargs="+", type=int, default=list(ce.DEFAULT_NFES),
+            help="step counts at which each student's marginal is compared"),
+        arg("--out", default=ce.DEFAULT_OUT, help="output folder"),
+    )
+
+
+COMMANDS = (
+    Command("report", "tables, figures and metrics.json from the run records",
+            "reflowma.cli:report", description="Tables (Markdown, LaTeX, CSV), figures (PNG, "
+            "PDF), a flat metrics.json and missing.json from the Sacred run records.", args=(
+                arg("--runs", default=None,
+                    help="Sacred runs folder [results/<preset>/runs with --preset]"),
+                arg("--out", default=None, help="report folder [results/<preset>/report]"),
+                arg("--grid", default=None,
+                    help="grid name or YAML: its evaluate jobs are expected (missing ones are "
+                    "shown as rows) [the jobs seen in the records]"),
+                arg("--preset", default=None,
+                    help="preset name: sets the default --runs and --out"),
+                arg("--no-figures", action="store_true", help="tables and metrics only"),
+                arg("--counterexample", default=None, metavar="JSON",
+                    help="Theorem 1's counterexample.json (reflowma theory counterexample) for "
+                    "claims.md [computed in-process with the default Gaussian]"),
+                arg("--compare", default=None, metavar="OTHER",
+                    help="another runs folder, or a report folder next to its runs/: write "
+                    "compare/ with side-by-side tables, differences and paired tests"),
+                arg("--record", default=None, metavar="DIR",
+                    help="record the report itself as a Sacred run in DIR (a folder apart "
+                    "from --runs); a failing figure leaves it FAILED [not recorded]"),
+                arg("--keep-going-figures", action="store_true",
+                    help="a figure that fails is logged and replaced by a placeholder naming "
+                    "the error [default: the report fails]"))),
+    Command("describe", "each stage's resolved config and network size (JSON)",
+            "reflowma.infra.describe:main", description="Print, as JSON, every stage's "
+            "resolved config and, for teacher and reflow, the data shape and the network's "
+            "parameter count (built on the meta device: no weights allocated). The data file "
+            "need not exist where the dataset declares its shape.", args=(
+                PARAMS, arg("overrides", nargs="*", metavar="key=value",
+                            help="dotted overrides; STAGE.key=value sets one stage only"))),
+    Command("theory", "closed-form checks of the paper's theorems", subcommands=(
+        Command("counterexample", "Theorem 1: equal TM loss, different marginals",
+                "reflowma.theory.counterexample:main", defaults_in_help=True,
+                description="Four students of N(mu, Sigma) data with the same trajectory-"
+                "matching loss and different marginals (rotation, scaling, shrink, "
+                "translation); writes counterexample.json and a figure (PNG, PDF)."),)),
+)
+LATE_ARGS = {("theory", "counterexample"): counterexample_args}  # their defaults import numpy
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose arguments (``build(parser)``) are added when it parses or
+    prints its usage or help, and whose epilog (``epilog_of()``) is computed for its help."""
+
+    def __init__(self, *a, build: Callable | None = None, epilog_of: Callable | None = None,
+                 **kw):
+        super().__init__(*a, **kw)
+        self._build, self._epilog_of = build, epilog_of
+
+    def _built(self) -> None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._built()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self):
+        self._built()
+        return super().format_usage()
+
+    def format_help(self):
+        self._built()
+        if self._epilog_of is not None:
+            self.epilog = self._epilog_of()
+        return super().format_help()
+
+
+def add_args(parser: argparse.ArgumentParser, args: tuple[Arg, ...]) -> None:
+    for a in args:
+        parser.add_argument(*a.flags, **a.kw)
+
+
+def add_command(sub, cmd: Command, path: tuple[str, ...] = ()) -> None:
+    """``cmd``'s parser under ``sub``: its arguments and subcommands added when it is used."""
+    path = (*path, cmd.name)
+
+    def build(p):
+        if cmd.subcommands:
+            inner = p.add_subparsers(dest=cmd.name, required=True, parser_class=Parser)
+            for c in cmd.subcommands:
+                add_command(inner, c, path)
+        add_args(p, LATE_ARGS[path]() if path in LATE_ARGS else cmd.args)
+        p.set_defaults(call=cmd.call)
+
+    sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, build=build,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter
+                   if cmd.defaults_in_help else argparse.HelpFormatter)
+
+
+def build_parser(params: str = "toy") -> argparse.ArgumentParser:
+    """The parser; ``params`` names the preset whose values a stage's ``--help`` shows."""
+    p = argparse.ArgumentParser(prog="reflowma", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"reflowma {__version__}")
+    sub = p.add_subparsers(dest="stage", required=True, parser_class=Parser)
+    for stage in STAGES:
+        sub.add_parser(stage.name, help=stage.help, description=stage.help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       build=lambda sp, s=stage: add_args(sp, stage_args(s)),
+                       epilog_of=lambda s=stage.name: fields_epilog(s, params))
+    for cmd in COMMANDS:
+        add_command(sub, cmd)
+    return p
+
+
 def _params_in(argv) -> str:
     """The ``--params`` value on a command line (for the help text), ``toy`` without one."""
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -75,283 +360,6 @@ def _params_in(argv) -> str:
         if a.startswith("--params="):
             return a.split("=", 1)[1]
     return "toy"
-
-
-def build_parser(params: str = "toy") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reflowma", description=__doc__.split("\n")[0])
-    p.add_argument("--version", action="version", version=f"reflowma {__version__}")
-    sub = p.add_subparsers(dest="stage", required=True)
-    for stage in config.STAGES:
-        sp = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage],
-                            epilog=_fields_epilog(stage, params),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.add_argument("--params", default="toy",
-                        help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
-        for flag, h in STAGE_INPUTS[stage]:
-            sp.add_argument(flag, help=f"{h} (required, except with --print-config)")
-        for flag, h in STAGE_OPTIONAL.get(stage, []):
-            sp.add_argument(flag, default=None, help=h)
-        sp.add_argument("--out", help=f"{STAGE_OUT[stage]} (required, except with --print-config)")
-        sp.add_argument("--runs", default=os.environ.get("REFLOWMA_RUNS"),
-                        help="record the job as a Sacred run in this folder "
-                        "[$REFLOWMA_RUNS; none: not recorded]")
-        sp.add_argument("--job", default=None,
-                        help="job name stored in the run record (the workflow passes the "
-                        "grid point) [stage:out]")
-        sp.add_argument("--print-config", action="store_true",
-                        help="print the validated config as YAML and exit")
-        sp.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.steps=100 data.name=moons")
-    rp = sub.add_parser("report", help="tables, figures and metrics.json from the run records",
-                        description="Tables (Markdown, LaTeX, CSV), figures (PNG, PDF), a flat "
-                        "metrics.json and missing.json from the Sacred run records.")
-    rp.add_argument("--runs", default=None,
-                    help="Sacred runs folder [results/<preset>/runs with --preset]")
-    rp.add_argument("--out", default=None, help="report folder [results/<preset>/report]")
-    rp.add_argument("--grid", default=None,
-                    help="grid name or YAML: its evaluate jobs are expected (missing ones are "
-                    "shown as rows) [the jobs seen in the records]")
-    rp.add_argument("--preset", default=None,
-                    help="preset name: sets the default --runs and --out")
-    rp.add_argument("--no-figures", action="store_true", help="tables and metrics only")
-    rp.add_argument("--counterexample", default=None, metavar="JSON",
-                    help="Theorem 1's counterexample.json (reflowma theory counterexample) for "
-                    "claims.md [computed in-process with the default Gaussian]")
-    rp.add_argument("--compare", default=None, metavar="OTHER",
-                    help="another runs folder, or a report folder next to its runs/: write "
-                    "compare/ with side-by-side tables, differences and paired tests")
-    rp.add_argument("--record", default=None, metavar="DIR",
-                    help="record the report itself as a Sacred run in DIR (a folder apart from "
-                    "--runs); a failing figure leaves it FAILED [not recorded]")
-    rp.add_argument("--keep-going-figures", action="store_true",
-                    help="a figure that fails is logged and replaced by a placeholder naming "
-                    "the error [default: the report fails]")
-    dp = sub.add_parser("describe", help="each stage's resolved config and network size "
-                        "(JSON)", description="Print, as JSON, every stage's resolved config "
-                        "and, for teacher and reflow, the data shape and the network's "
-                        "parameter count (built on the meta device: no weights allocated). "
-                        "The data file need not exist where the dataset declares its shape.")
-    dp.add_argument("--params", default="toy",
-                    help="preset name (params/presets/NAME.yaml) or YAML path [toy]")
-    dp.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="dotted overrides; STAGE.key=value sets one stage only")
-    th = sub.add_parser("theory", help="closed-form checks of the paper's theorems")
-    tsub = th.add_subparsers(dest="theory", required=True)
-    from reflowma.theory import counterexample as ce
-
-    c = tsub.add_parser("counterexample", help="Theorem 1: equal TM loss, different marginals",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                        description="Four students of N(mu, Sigma) data with the same trajectory-"
-                        "matching loss and different marginals (rotation, scaling, shrink, "
-                        "translation); writes counterexample.json and a figure (PNG, PDF).")
-    c.add_argument("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"),
-                   help="mean of the 2D Gaussian data")
-    c.add_argument("--sigma", nargs=4, type=float, metavar=("S11", "S12", "S21", "S22"),
-                   default=[v for row in ce.DEFAULT_SIGMA for v in row],
-                   help="covariance of the data, row by row (symmetric positive definite)")
-    c.add_argument("--angle", type=float, default=ce.DEFAULT_ANGLE_DEG,
-                   help="rotation angle of the rotation student, in degrees")
-    c.add_argument("--nfe", nargs="+", type=int, default=list(ce.DEFAULT_NFES),
-                   help="step counts at which each student's marginal is compared")
-    c.add_argument("--out", default=ce.DEFAULT_OUT, help="output folder")
-    return p
-
-
-def _run_stage(args) -> dict:
-    from reflowma.stages import classifier, couplings, evaluate, reflow, teacher
-
-    overrides = list(args.overrides)
-    equal_time = {}
-    if args.stage == "reflow" and args.time_of:
-        equal_time = _equal_time(args.time_of)
-        overrides += equal_time["overrides"]
-    cfg = config.stage_config(args.stage, args.params, overrides)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=False))
-        return {}
-    missing = [f for f, _ in [*STAGE_INPUTS[args.stage], ("--out", "")]
-               if getattr(args, f[2:]) is None]
-    if missing:
-        args.parser_error(f"the following arguments are required: {', '.join(missing)}")
-    out = Path(args.out)
-    if args.stage == "teacher":
-        fn, attach = (lambda c, log: teacher.run(c, out, log)), [out / "metrics.json"]
-    elif args.stage == "couplings":
-        fn, attach = (lambda c, log: couplings.run(c, args.teacher, out)), []
-    elif args.stage == "classifier":
-        fn, attach = (lambda c, log: classifier.run(c, out, log)), [out / "metrics.json"]
-    elif args.stage == "reflow":
-        fn = lambda c, log: reflow.run(c, args.couplings, args.teacher, out, log,  # noqa: E731
-                                       plan_steps=bool(equal_time))
-        attach = [out / "metrics.json"]
-    else:
-        fn = lambda c, log: evaluate.run(c, args.student, args.teacher,  # noqa: E731
-                                         args.couplings, out, args.classifier)
-        # the report reads eval.json and samples.npz from the record; image data: PNG grids
-        attach = [out, evaluate.samples_path(out), *evaluate.image_paths(out, cfg["nfe"])]
-    from reflowma.core.seeding import device
-    from reflowma.infra import distributed
-
-    distributed.init(device(cfg["device"]))  # under torchrun: join; rank 0 alone records
-    if not args.runs or not distributed.is_main():
-        return fn(cfg, None)
-    from reflowma.infra.tracking import recorded
-    from reflowma.stages.common import data_sha256
-
-    inputs = {k: getattr(args, k) for k in ("teacher", "couplings", "student", "classifier",
-                                            "time_of")
-              if getattr(args, k, None)}
-    return recorded(args.stage, cfg, fn, args.runs, args.job or f"{args.stage}:{args.out}",
-                    attach, {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
-                             "world_size": distributed.world_size(),
-                             "data_sha256": data_sha256(cfg["data"]),
-                             **({"equal_time": equal_time["info"]} if equal_time else {})})
-
-
-def _equal_time(time_of: str) -> dict:
-    """An equal-time control's override, ``train.time_budget_s`` = the training seconds of the
-    student whose metrics.json ``time_of`` is, and what the run record keeps of it."""
-    from reflowma.stages.reflow import train_seconds
-
-    try:
-        budget = train_seconds(json.loads(Path(time_of).read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise config.InputError(f"--time-of: {time_of!r} is not a readable student "
-                                f"metrics.json with its training seconds ({e!r})") from None
-    if not budget > 0:
-        raise config.InputError(f"--time-of: training seconds {budget!r} in {time_of!r} "
-                                "are not > 0")
-    return {"overrides": [(["train", "time_budget_s"], budget)],
-            "info": {"time_of": time_of, "time_budget_s": budget}}
-
-
-def _describe_config(stage: str, params, overrides, refused: dict) -> dict:
-    """A stage's config under ``describe``'s overrides: ``STAGE.key=value`` ones of this stage,
-    and each unqualified one that this stage's own command accepts (``net.channels=32`` sets
-    the teacher's and the students' UNet; the couplings have no net and the classifier's
-    ``channels`` is a list). An unqualified override this stage refuses is kept in
-    ``refused`` with the error; ``describe`` fails on one that every stage refuses."""
-    mine = [o for o in overrides if o.split("=", 1)[0].split(".")[0] == stage]
-    for o in overrides:
-        if o.split("=", 1)[0].split(".")[0] in config.STAGES:
-            continue
-        try:
-            config.stage_config(stage, params, [*mine, o], check_files=False)
-        except config.ConfigError as e:
-            if not config.set_by_override(e.field, [o]):
-                raise
-            refused.setdefault(o, []).append(e)
-            continue
-        mine.append(o)
-        refused.setdefault(o, []).append(None)
-    return config.stage_config(stage, params, mine, check_files=False)
-
-
-def describe(params, overrides=()) -> dict:
-    """``{stage: {"config": ..., ["data_shape": ..., "n_params": ...]}}`` of a preset."""
-    import torch
-
-    from reflowma import data, models
-
-    out, taken = {}, {}
-    for stage in config.STAGES:
-        if stage == "classifier" and not out["evaluate"]["config"].get("fd_classifier"):
-            continue  # a job only where evaluate uses it
-        out[stage] = {"config": _describe_config(stage, params, overrides, taken)}
-    for errors in taken.values():
-        if None not in errors:  # refused by every stage: the first stage's reason
-            raise errors[0]
-    for stage, d in out.items():
-        cfg = d["config"]
-        if "net" in cfg and stage != "classifier":
-            shape = data.declared_shape(cfg["data"])
-            with torch.device("meta"):
-                net = models.build(shape, cfg["net"])
-            d |= {"data_shape": list(shape), "n_params": models.n_params(net)}
-    return out
-
-
-def _read_counterexample(path) -> dict:
-    """``report --counterexample``: Theorem 1's JSON; an ``InputError`` naming the flag and the
-    file where it is unreadable or not that JSON."""
-    from reflowma.report.claims import check_counterexample
-
-    where = f"report --counterexample {str(path)!r}"
-    try:
-        cex = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise config.InputError(f"{where}: the file does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise config.InputError(f"{where}: not readable JSON ({e})") from None
-    return check_counterexample(cex, where)
-
-
-def _report(args) -> int:
-    from reflowma.infra import grid as rgrid
-    from reflowma.report import build_report, expected_from_grid
-
-    base = Path("results") / Path(args.preset).stem if args.preset else None
-    runs = args.runs or (base / "runs" if base else None)
-    out = args.out or (base / "report" if base else None)
-    if runs is None or out is None:
-        raise config.ConfigError("report", "give --runs and --out, or --preset")
-    if not Path(runs).is_dir():
-        hint = (f"run the workflow first: snakemake --cores 2 --config preset={args.preset}"
-                + (f" grid={args.grid}" if args.grid else "")) if args.preset else \
-            "run the workflow first (snakemake --cores 2), or give the runs folder it wrote"
-        raise FileNotFoundError(f"runs folder {str(runs)!r} does not exist: no job has run "
-                                f"for it yet; {hint}")
-    expected = None
-    if args.grid:
-        if args.preset:
-            rgrid.load_preset(args.preset)  # validated: a typo fails here, not silently
-        expected = expected_from_grid(args.grid)
-    from reflowma.report.figures import FigureError
-    from reflowma.theory import counterexample as ce
-
-    if args.counterexample:
-        cex = _read_counterexample(args.counterexample)
-        cex_source = f"read from {args.counterexample}"
-    else:
-        cex = ce.counterexample(ce.DEFAULT_MU, ce.DEFAULT_SIGMA, ce.DEFAULT_ANGLE_DEG,
-                                ce.DEFAULT_NFES)
-        cex_source = ("computed in-process with reflowma theory counterexample's defaults: "
-                      f"mu {list(ce.DEFAULT_MU)}, angle {ce.DEFAULT_ANGLE_DEG}°")
-
-    def make(cfg, on_log=None):
-        res = build_report(runs, out, expected, figures=cfg["figures"],
-                           keep_going_figures=cfg["keep_going_figures"],
-                           counterexample=cex, counterexample_source=cex_source)
-        if args.compare:
-            from reflowma.report.compare import compare_reports
-
-            res["compare"] = compare_reports(runs, args.compare, Path(out) / "compare",
-                                             expected)
-        return {k: v if isinstance(v, int) else len(v) for k, v in res.items()
-                if k != "claims"} | {"_res": res, "claims": res["claims"]}
-
-    cfg = {"seed": 0, "runs": str(runs), "out": str(out), "grid": args.grid,
-           "figures": not args.no_figures, "keep_going_figures": args.keep_going_figures}
-    try:
-        if args.record:
-            from reflowma.infra.tracking import recorded
-
-            counts = recorded("report", cfg, lambda c, log: {
-                k: v for k, v in make(c).items() if k != "_res"}, args.record, "report")
-        else:
-            counts = make(cfg)
-    except FigureError as e:
-        logging.getLogger("reflowma.report").exception("report failed")
-        print(f"reflowma: error: {e} (--keep-going-figures writes the others and a "
-              "placeholder)", file=sys.stderr)
-        return 1
-    print(f"report: {counts['n_tables']} tables ({counts['tables']} files under tables/), "
-          f"{counts['figures']} figure files, {counts['metrics']} metrics in metrics.json, "
-          f"{counts['missing']} missing jobs -> {out}")
-    print("claims (claims.md): " + ", ".join(f"{k} {v}" for k, v in counts["claims"].items()))
-    return 0
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -383,51 +391,51 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+# Exceptions that mean bad input (exit 2) or a non-finite loss (exit 3), by module: a command
+# has imported the module of any exception it raises, so the check imports none of them
+# (checkpoint and couplings storage import torch and h5py).
+BAD_INPUT = (("reflowma.infra.storage.checkpoint", "CheckpointError"),
+             ("reflowma.infra.storage.couplings", "CouplingsError"))
+NONFINITE = ("reflowma.training.loop", "NonFiniteLoss")
+
+
+def _raised(e: BaseException, module: str, name: str) -> bool:
+    """Whether ``e`` is a ``module.name`` (False where that module was never imported)."""
+    m = sys.modules.get(module)
+    return m is not None and isinstance(e, getattr(m, name))
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("[reflowma] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    from reflowma.infra.signals import Interrupted
-    from reflowma.infra.storage.checkpoint import CheckpointError
-    from reflowma.infra.storage.couplings import CouplingsError
-    from reflowma.training.loop import NonFiniteLoss
-
     try:
-        if args.stage == "report":
-            return _report(args)
-        if args.stage == "describe":
-
-            print(json.dumps(describe(args.params, args.overrides), indent=2))
-            return 0
-        if args.stage == "theory":
-            from reflowma.theory import counterexample as ce
-
-            sigma = [args.sigma[:2], args.sigma[2:]]
-            res = ce.write_counterexample(args.out, args.mu, sigma, args.angle, args.nfe)
-            for name, s in res["students"].items():
-                print(f"{name:12s} TM={s['tm_loss']:.6g}  W2={s['w2']}")
-            print(f"wrote {Path(args.out) / 'counterexample.json'} and "
-                  f"counterexample.{{png,pdf}} in {args.out}")
-            return 0
-        try:
-            _run_stage(args)
-        finally:
+        if args.stage in STAGE_BY_NAME:
             from reflowma.infra import distributed
 
-            distributed.finish()
-    except (config.InputError, CheckpointError, CouplingsError, FileNotFoundError) as e:
-        # validated input only (ConfigError and registry.UnknownName are InputErrors); any
-        # other exception is a bug and keeps its traceback
-        print(f"reflowma: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+            try:
+                run_stage(STAGE_BY_NAME[args.stage], vars(args), args.parser_error)
+            finally:
+                distributed.finish()
+            return 0
+        not_args = {"stage", "call", "parser_error", *(c.name for c in COMMANDS)}
+        return function(args.call)(**{k: v for k, v in vars(args).items()
+                                      if k not in not_args})
     except Interrupted as e:
         print(f"reflowma: {e}", file=sys.stderr)
         return 128 + e.signum
-    except NonFiniteLoss as e:
-        print(f"reflowma: error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
-    return 0
+    except Exception as e:
+        # validated input only (ConfigError and registry.UnknownName are InputErrors); any
+        # other exception is a bug and keeps its traceback
+        if isinstance(e, (InputError, FileNotFoundError)) or any(_raised(e, *b)
+                                                                 for b in BAD_INPUT):
+            print(f"reflowma: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if _raised(e, *NONFINITE):
+            print(f"reflowma: error: {e}", file=sys.stderr)
+            return EXIT_NONFINITE
+        raise
 
 
 if __name__ == "__main__":
