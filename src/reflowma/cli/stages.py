@@ -17,8 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from reflowma.infra import config
-
 
 @dataclass(frozen=True)
 class Arg:
@@ -126,6 +124,8 @@ def stage_args(stage: Stage) -> tuple[Arg, ...]:
 
 def fields_epilog(stage: str, params: str) -> str:
     """Every field with the value the preset gives it (the stage default where it sets none)."""
+    from reflowma.infra import config  # jsonschema: imported for a stage's help or run
+
     try:
         rows = config.field_docs(stage, config.stage_config(stage, params))
         head = f"fields, with their values under --params {params}"
@@ -146,6 +146,8 @@ def fields_epilog(stage: str, params: str) -> str:
 def run_stage(stage: Stage, flags: dict, parser_error: Callable) -> dict:
     """A pipeline stage: its config validated, then its function, recorded as a Sacred run
     with ``--runs`` (under torchrun by rank 0 alone)."""
+    from reflowma.infra import config  # jsonschema: imported for a stage's help or run
+
     overrides, equal_time = list(flags["overrides"]), None
     if flags.get("time_of"):  # reflow's equal-time control
         from reflowma.stages.reflow import equal_time_of  # torch: imported once a stage runs

@@ -4,8 +4,8 @@ what is allowed, before any work starts. What a dataset accepts is the data laye
 (``data.catalog``), what the Inception metrics need is the evaluation layer's
 (``evaluation.inception_inputs``): both torch-free, as the workflow's parse runs these checks.
 
-The registries (datasets of plug-ins, objectives, architectures) and jsonschema are imported
-on first use: they pull torch, or cost the command line's start-up."""
+The registries (datasets of plug-ins, objectives, architectures) are imported on first use:
+they import torch."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from reflowma.data import catalog
 from reflowma.evaluation import inception_inputs
@@ -34,8 +36,6 @@ def schema() -> dict:
 
 @cache
 def _validator(stage: str):
-    from jsonschema import Draft202012Validator
-
     return Draft202012Validator({"$ref": f"#/$defs/{stage}", "$defs": schema()["$defs"]})
 
 
@@ -83,13 +83,11 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
     check_stage(stage)
     errors = list(_validator(stage).iter_errors(cfg)) if schema_check else []
     if errors:
-        from jsonschema.exceptions import best_match
-
         raise schema_error(best_match(errors), stage)
     if "net" in cfg and stage != "classifier":  # the classifier's net: the schema alone
         _check_net(stage, cfg["net"])
     for i, entry in enumerate(cfg.get("objectives") or []):
-        from reflowma.objectives import OBJECTIVES
+        from reflowma.objectives import OBJECTIVES  # the registry: torch
 
         if entry["name"] not in OBJECTIVES:
             raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
@@ -129,7 +127,7 @@ def check_dataset_name(field: str, name: str) -> None:
     """``name`` is a registered dataset (bundled names need no import of the registry)."""
     if catalog.declared(name) is not None:
         return
-    from reflowma.data import DATASETS
+    from reflowma.data import DATASETS  # the registry: torch
 
     if name not in DATASETS:
         raise ConfigError(field, f"unknown dataset {name!r}; allowed: "
@@ -143,10 +141,7 @@ def _check_net(stage: str, net: dict) -> None:
 
 @lru_cache(maxsize=256)
 def _net_check(stage: str, net_json: str) -> None:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
-    from reflowma.models import MODELS
+    from reflowma.models import MODELS  # the registry: torch
 
     net = json.loads(net_json)
     if net["name"] not in MODELS:
