@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reflowma import cli
-from reflowma.evaluation import spec
+from reflowma.evaluation import inception_inputs, spec
 from reflowma.evaluation.frechet import FrechetReference
 from reflowma.infra import config
 from reflowma.models.classifier import LeNet
@@ -90,7 +90,7 @@ def test_fd_classifier_needs_labelled_images(data, field):
 
 
 def test_fid_without_weights_fails_at_validation(monkeypatch, tmp_path, capsys):
-    monkeypatch.delenv(config.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(inception_inputs.INCEPTION_WEIGHTS_ENV, raising=False)
     for metric in ("fid", "kid", "precision_recall"):
         with pytest.raises(config.ConfigError) as e:
             config.stage_config("evaluate", "mnist_smoke", [f"{metric}=true"])
@@ -102,9 +102,9 @@ def test_fid_without_weights_fails_at_validation(monkeypatch, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "evaluate.inception_weights" in err[0]
     w = tmp_path / "inception.pt"
     w.write_bytes(b"")
-    monkeypatch.setenv(config.INCEPTION_ENV, str(w))
+    monkeypatch.setenv(inception_inputs.INCEPTION_WEIGHTS_ENV, str(w))
     cfg = config.stage_config("evaluate", "mnist_smoke", ["fid=true"])
-    assert config.inception_weights(cfg) == str(w)
+    assert inception_inputs.inception_weights(cfg) == str(w)
     with pytest.raises(config.ConfigError) as e:  # Inception metrics need images
         config.stage_config("evaluate", "smoke", ["fid=true"])
     assert e.value.field == "evaluate.data.name"

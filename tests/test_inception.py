@@ -4,7 +4,7 @@ InceptionV3 from a randomly initialised weights file of the real format (written
 download), FID/KID/PR on small image sets, and our KID/PR against torch-fidelity's own
 functions on the same features.
 
-The worker runs under ``config.inception_python`` (``.venv-inception``, made by ``make
+The worker runs under ``stages.inception.inception_python`` (``.venv-inception``, made by ``make
 inception-env``, which ``make test`` builds first; or a python where torch_fidelity imports).
 Where none is available these tests fail with that instruction: they are never skipped."""
 
@@ -21,7 +21,7 @@ import torch
 
 from reflowma.evaluation import inception as inc
 from reflowma.evaluation.frechet import frechet_from_samples
-from reflowma.infra import config
+from reflowma.stages import inception as stage_inception
 
 _WEIGHTS = {}
 
@@ -30,12 +30,12 @@ def inception_python() -> str:
     """The worker's interpreter, checked once per session to import torch_fidelity."""
     if "python" in _WEIGHTS:
         return _WEIGHTS["python"]
-    py = config.inception_python({})
+    py = stage_inception.inception_python({})
     ok = subprocess.run([py, "-c", "import torch_fidelity"], capture_output=True, text=True,
                         timeout=300)
     assert ok.returncode == 0, (
         f"torch_fidelity does not import under {py}: run `make inception-env` (creates "
-        f".venv-inception) or set {config.INCEPTION_PYTHON_ENV}\n{ok.stderr[-1500:]}")
+        f".venv-inception) or set {stage_inception.INCEPTION_PYTHON_ENV}\n{ok.stderr[-1500:]}")
     _WEIGHTS["python"] = py
     return py
 
@@ -145,16 +145,16 @@ def test_reference_scores_share_one_feature_pass():
 
 
 def test_worker_interpreter_resolution(monkeypatch, tmp_path):
-    monkeypatch.delenv(config.INCEPTION_PYTHON_ENV, raising=False)
+    monkeypatch.delenv(stage_inception.INCEPTION_PYTHON_ENV, raising=False)
     monkeypatch.setenv("REFLOWMA_ROOT", str(tmp_path))
-    assert config.inception_python({}) == sys.executable  # no .venv-inception there
-    venv_py = tmp_path / config.INCEPTION_VENV / "bin" / "python"
+    assert stage_inception.inception_python({}) == sys.executable  # no .venv-inception there
+    venv_py = tmp_path / stage_inception.INCEPTION_VENV / "bin" / "python"
     venv_py.parent.mkdir(parents=True)
     venv_py.touch()
-    assert config.inception_python({}) == str(venv_py)
-    monkeypatch.setenv(config.INCEPTION_PYTHON_ENV, "/env/python")
-    assert config.inception_python({}) == "/env/python"
-    assert config.inception_python({"inception_python": "/cfg/python"}) == "/cfg/python"
+    assert stage_inception.inception_python({}) == str(venv_py)
+    monkeypatch.setenv(stage_inception.INCEPTION_PYTHON_ENV, "/env/python")
+    assert stage_inception.inception_python({}) == "/env/python"
+    assert stage_inception.inception_python({"inception_python": "/cfg/python"}) == "/cfg/python"
 
 
 def test_a_missing_weights_file_is_an_error_not_a_download(tmp_path):

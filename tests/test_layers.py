@@ -47,3 +47,24 @@ def test_every_package_has_a_layer():
     units = {p.stem for p in pkg.glob("*.py")} | {p.name for p in pkg.iterdir()
                                                    if (p / "__init__.py").is_file()}
     assert units - {"__init__", "__main__"} - named == set()
+
+
+def test_the_workflow_parse_imports_no_torch(tmp_path):
+    """While Snakemake parses the Snakefile it validates every job's config (``infra.config``,
+    with the dataset facts of ``data.catalog`` and the Inception needs of
+    ``evaluation.inception_inputs``) and plans the report (``report.layout``): none of it may
+    import torch, scipy or matplotlib (seconds per dry run and per Slurm job)."""
+    weights = tmp_path / "w.pt"
+    weights.touch()
+    code = (
+        "import sys; from reflowma.infra import config, grid; import reflowma.report.layout\n"
+        "g = grid.load_grid('toy')\n"
+        "grid.stage_configs(grid.load_preset('toy'), g, grid.expand(g))\n"
+        "for s in config.STAGES: config.stage_config(s, 'mnist_smoke', check_files=False)\n"
+        "config.stage_config('evaluate', 'mnist_smoke', ['fid=true', "
+        f"'inception_weights={weights}'])\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

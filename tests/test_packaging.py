@@ -177,5 +177,7 @@ def test_one_version_string():
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in proj["project"] and "version" in proj["project"]["dynamic"]
     assert proj["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "reflowma.__version__"}
-    cli_src = (ROOT / "src" / "reflowma" / "cli.py").read_text()
-    assert not re.search(r"\d+\.\d+\.\d+", cli_src)
+    cli_files = sorted((ROOT / "src" / "reflowma" / "cli").glob("*.py"))
+    assert cli_files
+    for f in cli_files:
+        assert not re.search(r"\d+\.\d+\.\d+", f.read_text()), f

@@ -179,3 +179,25 @@ def test_slurm_profile_gives_each_job_its_presets_threads(tmp_path):
     assert cpus and omp
     assert set(omp) == {"2"}, omp
     assert cpus.count("2") >= len(omp), cpus  # every job that runs the CLI gets 2 CPUs
+
+
+def test_lint_accepts_only_the_lint_of_the_one_environment(tmp_path):
+    """`make lint`'s `snakemake --lint` (workflow/scripts/lint.py) passes on the workflow, whose
+    rules declare no conda environment (they run Snakemake's own interpreter), and fails on any
+    other lint: here a shell command that reads an input by index."""
+    import shutil
+
+    for name in ("Snakefile", "workflow", "params"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    assert "conda:" not in "".join(p.read_text() for p in (tmp_path / "workflow").rglob("*.smk"))
+    lint = [sys.executable, str(REPO / "workflow/scripts/lint.py")]
+    ok = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Specify a conda environment" in ok.stdout
+    with open(tmp_path / "workflow/rules/report.smk", "a") as f:
+        f.write('\n\nrule planted:\n    input:\n        "a",\n    output:\n        "b",\n'
+                '    shell:\n        "cp {input[0]} {output}"\n')
+    bad = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert "Do not access input and output files individually by index" in bad.stderr

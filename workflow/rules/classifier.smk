@@ -9,8 +9,6 @@ rule classifier:
         metrics=f"{RESULTS}/classifier/{{dataset}}/seed~{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/classifier/{{dataset}}/seed~{{seed}}.log",
-    conda:
-        "../../environment.yml"
     threads: job_threads("classifier")
     resources:
         **slurm_resources("classifier"),

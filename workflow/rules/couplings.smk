@@ -7,8 +7,6 @@ rule couplings:
         f"{RESULTS}/couplings/{{dataset}}/seed~{{seed}}.h5",
     log:
         f"{RESULTS}/logs/couplings/{{dataset}}/seed~{{seed}}.log",
-    conda:
-        "../../environment.yml"
     threads: job_threads("couplings")
     resources:
         **slurm_resources("couplings"),

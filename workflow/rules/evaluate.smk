@@ -12,8 +12,6 @@ rule evaluate:
         samples=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/samples.npz",
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
-    conda:
-        "../../environment.yml"
     threads: job_threads("evaluate")
     resources:
         **slurm_resources("evaluate"),

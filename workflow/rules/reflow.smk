@@ -12,8 +12,6 @@ rule reflow:
         metrics=f"{RESULTS}/students/{{dataset}}/seed~{{seed}}/{{point}}/metrics.json",
     log:
         f"{RESULTS}/logs/reflow/{{dataset}}/seed~{{seed}}/{{point}}.log",
-    conda:
-        "../../environment.yml"
     threads: job_threads("reflow")
     resources:
         **slurm_resources("reflow"),

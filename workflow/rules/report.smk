@@ -42,8 +42,6 @@ rule report:
         figures=REPORT_FIGURES,
     log:
         f"{REPORT}/logs/report.log",  # next to the report it logs
-    conda:
-        "../../environment.yml"
     threads: res("report", "threads", 1)
     resources:
         **slurm_resources("report"),

@@ -7,8 +7,6 @@ rule teacher:
         metrics=f"{RESULTS}/teacher/{{dataset}}/seed~{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/teacher/{{dataset}}/seed~{{seed}}.log",
-    conda:
-        "../../environment.yml"
     threads: job_threads("teacher")
     resources:
         **slurm_resources("teacher"),

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from reflowma.evaluation import spec
-from reflowma.registry import InputError
 from reflowma.report import collect
 from reflowma.report.collect import by_seed
 from reflowma.report.points import baseline_of, window_count
@@ -178,28 +177,6 @@ def telescoping_claim(ev: pd.DataFrame) -> dict:
     verdict = UNTESTED if n == 0 else SUPPORTED if a == b == n else NOT_SUPPORTED
     return {"runs": rows, "n": n, "final_le_sum_tv": a, "sum_tv_le_pinsker": b,
             "verdict": verdict}
-
-
-def check_counterexample(ce, where: str) -> dict:
-    """``ce`` as ``theorem1_claim`` reads it (``reflowma theory counterexample``'s JSON:
-    ``nfe`` a non-empty list, ``students`` a non-empty mapping whose entries have ``tm_loss``
-    and per-NFE ``w2`` and ``kl``); an ``InputError`` naming ``where`` and what is missing."""
-    students = ce.get("students") if isinstance(ce, dict) else None
-    if not isinstance(students, dict) or not students:
-        raise InputError(f"{where}: no 'students' mapping: not the counterexample.json of "
-                         "`reflowma theory counterexample`")
-    nfes = ce.get("nfe")
-    if not isinstance(nfes, list) or not nfes:
-        raise InputError(f"{where}: no 'nfe' list")
-    for name, s in students.items():
-        for key in ("tm_loss", "w2", "kl"):
-            if not isinstance(s, dict) or key not in s:
-                raise InputError(f"{where}: student {name!r} has no {key!r}")
-        for key in ("w2", "kl"):
-            if not isinstance(s[key], dict) or any(str(n) not in s[key] for n in nfes):
-                raise InputError(f"{where}: student {name!r}: {key!r} lacks an NFE of "
-                                 f"{nfes}")
-    return ce
 
 
 def theorem1_claim(ce: dict | None, source: str) -> dict:

@@ -1,7 +1,7 @@
 """The Inception metrics of the evaluate stage (``fid``, ``kid``, ``precision_recall``).
 
 ``open_reference(cfg, dev)`` starts the feature worker (``evaluation.inception_worker``
-under ``config.inception_python(cfg)``: it loads ``config.inception_weights(cfg)``, never a
+under ``inception_python(cfg)``: it loads ``inception_inputs.inception_weights(cfg)``, never a
 download) before any other work, and returns an ``InceptionReference`` on the training split:
 the first ``inception_ref_samples`` images (no flips). The reference's features, Gaussian
 statistics and k-NN radii are computed once per dataset and cached in
@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from reflowma import data
 from reflowma.evaluation import inception as inc
 from reflowma.evaluation.frechet import gaussian_stats
+from reflowma.evaluation.inception_inputs import INCEPTION_METRICS, inception_weights
 from reflowma.infra import config
 from reflowma.infra.storage.atomic import atomic_path, content_sha256
 from reflowma.registry import InputError
@@ -32,6 +34,19 @@ from reflowma.stages.classifier import SPLIT_DATASETS
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the cached arrays change meaning
 DEFAULT_BATCH = 200
+INCEPTION_PYTHON_ENV = "REFLOWMA_INCEPTION_PYTHON"
+INCEPTION_VENV = ".venv-inception"  # `make inception-env` creates it in the project folder
+
+
+def inception_python(cfg: dict) -> str:
+    """The interpreter of the Inception feature worker: ``inception_python``, else
+    ``$REFLOWMA_INCEPTION_PYTHON``, else ``.venv-inception/bin/python`` of the project folder
+    (next to ``params/``) where it exists, else this interpreter (a cluster's conda env)."""
+    explicit = cfg.get("inception_python") or os.environ.get(INCEPTION_PYTHON_ENV)
+    if explicit:
+        return str(explicit)
+    venv = config.repo_root() / INCEPTION_VENV / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
 
 def reference_images(data_cfg: dict, n: int) -> tuple[np.ndarray, str]:
@@ -76,10 +91,10 @@ def cached_reference(path: Path, compute, want_radii: bool) -> tuple[dict, bool]
 
 def open_reference(cfg: dict, dev) -> inc.InceptionReference | None:
     """The reference of the enabled Inception metrics (None when none is on)."""
-    enabled = [m for m in config.INCEPTION_METRICS if cfg.get(m)]
+    enabled = [m for m in INCEPTION_METRICS if cfg.get(m)]
     if not enabled:
         return None
-    weights, python = config.inception_weights(cfg), config.inception_python(cfg)
+    weights, python = inception_weights(cfg), inception_python(cfg)
     worker = inc.FeatureWorker(python, weights, str(dev), cfg.get("batch_size") or DEFAULT_BATCH)
     log.info("evaluate: Inception worker ready: %s", worker.ready)
     try:

@@ -61,6 +61,22 @@ def train_seconds(metrics: dict) -> float:
     return float(m["train_seconds"] if "train_seconds" in m else m["seconds"])
 
 
+def equal_time_of(metrics_path: str) -> dict:
+    """``reflow --time-of``: the equal-time control's override, ``train.time_budget_s`` = the
+    training seconds of the student whose metrics.json is ``metrics_path``, and what the run
+    record keeps of it (``{"overrides": [...], "info": {...}}``)."""
+    try:
+        budget = train_seconds(json.loads(Path(metrics_path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"--time-of: {metrics_path!r} is not a readable student "
+                         f"metrics.json with its training seconds ({e!r})") from None
+    if not budget > 0:
+        raise InputError(f"--time-of: training seconds {budget!r} in {metrics_path!r} are not "
+                         "> 0")
+    return {"overrides": [(["train", "time_budget_s"], budget)],
+            "info": {"time_of": metrics_path, "time_budget_s": budget}}
+
+
 def planned_steps(budget_s: float, pace_s: float, margin: float = EQUAL_TIME_MARGIN) -> int:
     """Steps a time-budgeted run plans (the span of its LR schedule): ceil(margin * budget /
     seconds per step), at least 1."""

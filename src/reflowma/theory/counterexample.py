@@ -410,3 +410,60 @@ def write_counterexample(
     with atomic_path(out / "counterexample.json") as tmp:
         tmp.write_text(text)
     return result
+
+
+# --------------------------------------------------------------------------- command and report
+
+
+def main(out: str = DEFAULT_OUT, mu=DEFAULT_MU, sigma=DEFAULT_SIGMA, angle: float =
+         DEFAULT_ANGLE_DEG, nfe: Sequence[int] = DEFAULT_NFES) -> int:
+    """``reflowma theory counterexample``: write the files, print each student's TM loss and
+    W2. ``sigma`` is the matrix, or its four entries row by row as the command takes them."""
+    flat = np.asarray(sigma, dtype=float).ravel().tolist()
+    res = write_counterexample(out, mu, [flat[:2], flat[2:]], angle, nfe)
+    for name, s in res["students"].items():
+        print(f"{name:12s} TM={s['tm_loss']:.6g}  W2={s['w2']}")
+    print(f"wrote {Path(out) / 'counterexample.json'} and counterexample.{{png,pdf}} in {out}")
+    return 0
+
+
+def check_counterexample(ce, where: str) -> dict:
+    """``ce`` as the report's Theorem 1 claim reads it (the JSON ``write_counterexample``
+    writes: ``nfe`` a non-empty list, ``students`` a non-empty mapping whose entries have
+    ``tm_loss`` and per-NFE ``w2`` and ``kl``); an ``InputError`` naming ``where`` and what is
+    missing."""
+    students = ce.get("students") if isinstance(ce, dict) else None
+    if not isinstance(students, dict) or not students:
+        raise InputError(f"{where}: no 'students' mapping: not the counterexample.json of "
+                         "`reflowma theory counterexample`")
+    nfes = ce.get("nfe")
+    if not isinstance(nfes, list) or not nfes:
+        raise InputError(f"{where}: no 'nfe' list")
+    for name, s in students.items():
+        for key in ("tm_loss", "w2", "kl"):
+            if not isinstance(s, dict) or key not in s:
+                raise InputError(f"{where}: student {name!r} has no {key!r}")
+        for key in ("w2", "kl"):
+            if not isinstance(s[key], dict) or any(str(n) not in s[key] for n in nfes):
+                raise InputError(f"{where}: student {name!r}: {key!r} lacks an NFE of "
+                                 f"{nfes}")
+    return ce
+
+
+def for_report(path=None) -> tuple[dict, str]:
+    """The counterexample a report's claims.md cites, and where it comes from: the
+    counterexample.json at ``path`` (``report --counterexample``; an ``InputError`` naming the
+    flag and the file where it is unreadable or not that JSON), else computed in-process with
+    the command's defaults."""
+    if path is None:
+        return (counterexample(DEFAULT_MU, DEFAULT_SIGMA, DEFAULT_ANGLE_DEG, DEFAULT_NFES),
+                "computed in-process with reflowma theory counterexample's defaults: "
+                f"mu {list(DEFAULT_MU)}, angle {DEFAULT_ANGLE_DEG}°")
+    where = f"report --counterexample {str(path)!r}"
+    try:
+        ce = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{where}: the file does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{where}: not readable JSON ({e})") from None
+    return check_counterexample(ce, where), f"read from {path}"
