@@ -14,6 +14,8 @@
 * ``missing.json``: expected jobs with no completed run and why;
 * ``claims.md`` and ``claims.json``: each claim of the paper, its evidence and a computed
   verdict (``reflowma.report.claims``);
+* evaluations with ``evaluate.logdet.enabled``: ``tables/<dataset>_logdet.{md,csv}`` (also in
+  all.md): the log-det of the window map against its approximations (``reflowma.report.logdet``);
 * grids with ``equal_time: true``: ``tables/<dataset>_equal_time.{md,csv}`` (also in all.md)
   and ``equal_time.json``: each regularized point against its control at equal steps and at
   equal time, and whether the regularizer is worth its cost (``reflowma.report.equal_time``).
@@ -129,6 +131,14 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
             written += [tdir / f"{stem}.md", tdir / f"{stem}.csv"]
             md_all.append(md)
         write_json(out_dir / "equal_time.json", _jsonable({"rule": ET.RULE, "points": eqt}))
+    from reflowma.report import logdet as LDG
+
+    for ds, t, md in LDG.tables(runs):  # evaluations with evaluate.logdet.enabled
+        stem = R.file_stem(f"{ds}/logdet")
+        _write_text(tdir / f"{stem}.md", md)
+        _write_text(tdir / f"{stem}.csv", t.to_csv(index=False))
+        written += [tdir / f"{stem}.md", tdir / f"{stem}.csv"]
+        md_all.append(md)
     commits = sorted({c for c in runs["commit"].dropna()})
     if commits:
         dirty = bool(runs["dirty"].fillna(False).astype(bool).any())
