@@ -3,15 +3,20 @@
 #   snakemake --cores 2 --config preset=smoke grid=smoke
 #   snakemake --profile workflow/profiles/slurm --config preset=cluster grid=paper
 # Params and grids are validated at parse time (workflow/schemas/): nothing is submitted
-# when one is wrong.
+# when one is wrong (one line `reflowma: error: ...`, exit 2).
 import os
 
 from snakemake.utils import min_version
 
+from reflowma.infra import config as rcfg
+
 min_version("9.0")
+CONFIG_FILE = os.path.join(workflow.basedir, "params/config.yaml")
+with rcfg.exit_on_bad_params():  # a YAML error names the file and line in one line
+    rcfg.load_yaml(CONFIG_FILE, "config")
 
 
-configfile: os.path.join(workflow.basedir, "params/config.yaml")
+configfile: CONFIG_FILE
 
 
 include: "workflow/rules/common.smk"

@@ -144,3 +144,97 @@ def test_config_checks_paths_and_hflip(tmp_path):
         config.stage_config("teacher", None, ["data.name=mnist", "data.layout=square"])
     cfg = config.stage_config("teacher", None, ["data.name=mnist", "data.split=test"])
     assert cfg["data"]["split"] == "test"
+
+
+def _labelled_npz(path, n=12, labels=None, **extra):
+    x = np.random.default_rng(1).integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(n) % 3 * 5 + 2 if labels is None else labels  # values 2, 7, 12
+    np.savez(path, images=x, labels=y, **extra)
+    return x, y
+
+
+def test_images_npz_with_labels_key(tmp_path):
+    x, y = _labelled_npz(tmp_path / "a.npz")
+    cfg = {"name": "images", "path": str(tmp_path / "a.npz"), "key": "images",
+           "labels_key": "labels"}
+    ds = data.dataset(cfg)
+    assert torch.equal(ds.points, torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert ds.labels.tolist() == [v // 5 for v in y.tolist()]  # sorted values -> 0..C-1
+    # without labels_key the images are unlabelled; without key, two arrays are ambiguous
+    assert data.dataset({**cfg, "labels_key": None}).labels is None
+    with pytest.raises(InputError, match=r"data.key: .*a.npz' has no array 'data' \(found: "
+                                         r"\['images', 'labels'\]\); set data.key"):
+        data.dataset({"name": "images", "path": str(tmp_path / "a.npz")})
+
+
+@pytest.mark.parametrize("case", ["length", "float", "one-class", "2d", "missing"])
+def test_bad_label_arrays_name_the_file_and_field(tmp_path, case):
+    n = 12
+    labels = {"length": np.arange(n - 1) % 2, "float": np.arange(n) % 2 + 0.5,
+              "one-class": np.zeros(n, int), "2d": (np.arange(n) % 2)[:, None],
+              "missing": np.arange(n) % 2}[case]
+    _labelled_npz(tmp_path / "a.npz", n, labels)
+    cfg = {"name": "images", "path": str(tmp_path / "a.npz"), "key": "images",
+           "labels_key": "classes" if case == "missing" else "labels"}
+    with pytest.raises(InputError) as e:
+        data.dataset(cfg)
+    msg = str(e.value)
+    assert msg.startswith("data.labels_key: ") and "a.npz" in msg and "\n" not in msg, msg
+    want = {"length": "[11]; needs one label per image: [12]", "float": "dtype float64",
+            "one-class": "one class ([0]); needs at least 2", "2d": "[12, 1]",
+            "missing": "no array 'classes'"}[case]
+    assert want in msg, msg
+
+
+def test_png_class_folders_are_labelled_like_imagefolder(tmp_path):
+    """Class folders sorted by name are classes 0..C-1 (torchvision's ImageFolder order),
+    each folder's PNGs sorted by path, sub-folders included."""
+    from PIL import Image
+
+    px = {("cat", "b.png"): 10, ("cat", "a.png"): 20, ("ant", "z.png"): 30,
+          ("dog", "sub/c.png"): 40, ("dog", "d.png"): 50}
+    for (cls, name), v in px.items():
+        (tmp_path / "png" / cls / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((3, 5), v, np.uint8)).save(tmp_path / "png" / cls / name)
+    ds = data.dataset({"name": "images", "path": str(tmp_path / "png")})
+    assert ds.shape == (1, 3, 5)
+    assert ds.points[:, 0, 0, 0].tolist() == [30, 20, 10, 50, 40]  # ant; cat a, b; dog d, sub/c
+    assert ds.labels.tolist() == [0, 1, 1, 2, 2]
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "png" / "loose.png")
+    data.clear_cache()  # (built datasets are cached per config)
+    with pytest.raises(InputError, match="both .png files and sub-folders"):
+        data.dataset({"name": "images", "path": str(tmp_path / "png")})
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "one" / "only" / "a.png")
+    with pytest.raises(InputError, match="one class folder .*at least 2 classes"):
+        data.dataset({"name": "images", "path": str(tmp_path / "one")})
+
+
+def test_classifier_checks_ask_the_dataset_for_labels(tmp_path):
+    """fd_classifier / the classifier stage: refused before any work for images without
+    labels (naming data.labels_key), accepted with an npz's labels or class folders."""
+    from PIL import Image
+
+    _labelled_npz(tmp_path / "a.npz")
+    base = ["data.name=images", f"data.path={tmp_path}/a.npz", "data.key=images"]
+    with pytest.raises(config.ConfigError, match=r"^classifier.data.labels_key: images at "
+                                                 r".*a.npz' have no class labels"):
+        config.stage_config("classifier", "mnist_smoke", base)
+    cfg = config.stage_config("classifier", "mnist_smoke", [*base, "data.labels_key=labels"])
+    assert cfg["data"]["labels_key"] == "labels"
+    ev = config.stage_config("evaluate", "mnist_smoke", [*base, "data.labels_key=labels"])
+    assert ev["fd_classifier"] is True
+    for cls in ("a", "b"):
+        (tmp_path / "png" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "png" / cls / "x.png")
+    config.stage_config("classifier", "mnist_smoke", ["data.name=images",
+                                                      f"data.path={tmp_path}/png"])
+    with pytest.raises(config.ConfigError, match="^teacher.data.labels_key: applies to data.name"
+                                                 " images"):
+        config.stage_config("teacher", None, ["data.name=mnist", "data.labels_key=y"])
+    with pytest.raises(config.ConfigError, match="^teacher.data.labels_key: 'y' is set but .* "
+                                                 "is a folder"):
+        config.stage_config("teacher", None, ["data.name=images", f"data.path={tmp_path}/png",
+                                              "data.labels_key=y"])
+    with pytest.raises(config.ConfigError, match="^classifier.data.name: 'moons' has no class"):
+        config.stage_config("classifier", "mnist_smoke", ["data.name=moons"])

@@ -170,6 +170,37 @@ def test_bf16_is_refused_on_cpu():
     assert loop.autocast("none", torch.nn.Linear(2, 2)) is not None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device: auto must resolve to the CPU")
+@pytest.mark.parametrize("stage", ["teacher", "reflow", "classifier"])
+def test_refused_amp_creates_nothing(tmp_path, capsys, stage):
+    """bf16 under device: auto on a CPU is refused before any output (folder) is created."""
+    inputs = {"teacher": [], "classifier": [],
+              "reflow": ["--teacher", "/nonexistent/t.pt", "--couplings", "/nonexistent/c.h5"]}
+    out = tmp_path / "out"
+    assert cli.main([stage, "--params", "mnist_smoke", *inputs[stage], "--out", str(out),
+                     "device=auto", "train.amp=bf16"]) == 2
+    assert "train.amp: 'bf16' autocast needs a CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_describe_takes_an_unqualified_override_where_the_stages_do(capsys):
+    """`net.channels=32` is what `reflowma teacher` and `reflowma reflow` accept: describe sets
+    it there; the couplings have no net and the classifier's channels are a list, so theirs
+    stay; an override that every stage refuses is refused with the first stage's reason."""
+    for stage in ("teacher", "reflow"):
+        assert cli.main([stage, "--params", "mnist_smoke", "--print-config",
+                         "net.channels=32"]) == 0
+    capsys.readouterr()
+    assert cli.main(["describe", "--params", "mnist_smoke", "net.channels=32"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["teacher"]["config"]["net"]["channels"] == 32
+    assert d["reflow"]["config"]["net"]["channels"] == 32
+    assert d["classifier"]["config"]["net"]["channels"] == [8, 16]
+    assert d["teacher"]["n_params"] == d["reflow"]["n_params"] > 17_341  # the 4-channel UNet
+    assert cli.main(["describe", "--params", "mnist_smoke", "net.chanels=32"]) == 2
+    assert capsys.readouterr().err.startswith("reflowma: error: teacher.net.chanels: unknown key")
+
+
 def test_describe_prints_configs_and_parameter_counts(capsys):
     """cifar10's data file is absent here: describe neither needs it nor allocates 36M weights."""
     assert cli.main(["describe", "--params", "cifar10"]) == 0

@@ -183,3 +183,68 @@ def test_help_lists_every_field_with_its_value(capsys, stage):
     if stage == "reflow":
         assert rows["regularizer.eps"].endswith("[0.1]")  # the toy preset, not the default
         assert rows["K"].endswith("[1]")
+
+
+# A YAML syntax error in any params file: one line `reflowma: error: FILE:LINE: not valid
+# YAML: ...`, exit 2, nothing written: from the reflowma command and from the workflow's parse.
+YAML_BREAKS = {  # file under the project -> the text appended (the error is on its line)
+    "params/presets/smoke.yaml": "{}\n",
+    "params/defaults/common.yaml": "{}\n",
+    "params/defaults/teacher.yaml": "{}\n",
+    "my.yaml": "{}\n",  # a user's params file (--params my.yaml)
+    "params/grids/smoke.yaml": "{}\n",
+    "params/config.yaml": "{}\n",
+    # the case users meet: an entry added below the file's `{}` line
+    "params/datasets.yaml": "faces: {name: images, path: data/faces.npz}\n",
+}
+
+
+def _broken_project(tmp: Path, name: str) -> tuple[Path, int]:
+    import shutil
+
+    root = tmp / "proj"
+    shutil.copytree(PARAMS, root / "params")
+    shutil.copy(PARAMS / "presets/smoke.yaml", root / "my.yaml")
+    f = root / name
+    text = f.read_text()
+    f.write_text(text + YAML_BREAKS[name])
+    return root, len(text.splitlines()) + 1
+
+
+def _one_error_line(res, name: str, line: int) -> str:
+    errs = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(errs) == 1, (res.returncode, res.stderr[-2000:])
+    assert errs[0].startswith(f"reflowma: error: {name}:{line}: not valid YAML: "), errs[0]
+    return errs[0]
+
+
+@pytest.mark.parametrize("name", [n for n in YAML_BREAKS if "grids" not in n
+                                  and "config" not in n and "datasets" not in n])
+def test_yaml_error_names_file_and_line_in_the_cli(tmp_path, name):
+    root, line = _broken_project(tmp_path, name)
+    params = "my.yaml" if name == "my.yaml" else "smoke"
+    env = {**{k: v for k, v in os.environ.items() if k != "REFLOWMA_RUNS"},
+           "REFLOWMA_ROOT": str(root)}
+    res = subprocess.run([sys.executable, "-m", "reflowma", "teacher", "--params", params,
+                          "--out", "out"], capture_output=True, text=True, env=env, cwd=root,
+                         timeout=120)
+    print(_one_error_line(res, name, line))
+    assert not (root / "out").exists()
+
+
+@pytest.mark.parametrize("name", [n for n in YAML_BREAKS if n != "my.yaml"])
+def test_yaml_error_names_file_and_line_at_the_workflow_parse(tmp_path, name):
+    import shutil
+
+    root, line = _broken_project(tmp_path, name)
+    repo = PARAMS.parent
+    shutil.copy(repo / "Snakefile", root)
+    shutil.copytree(repo / "workflow", root / "workflow", symlinks=False)
+    smk = str(Path(sys.executable).parent / "snakemake")
+    res = subprocess.run(["timeout", "-k", "10", "300", smk, "-n", "--config", "preset=smoke",
+                          "grid=smoke"], capture_output=True, text=True, cwd=root)
+    err = _one_error_line(res, name, line)
+    print(err)
+    if name == "params/datasets.yaml":
+        assert "is a {} or [] line left above new entries?" in err
+    assert not (root / "results").exists()

@@ -455,7 +455,7 @@ def test_report_layout_is_light_to_import():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    from reflowma.data.catalog import TOYS as DECLARED_TOYS
     from reflowma.data.toys import TOYS
-    from reflowma.infra.config import TOY_DATASETS
 
-    assert set(TOYS) == TOY_DATASETS
+    assert set(TOYS) == DECLARED_TOYS

@@ -132,11 +132,24 @@ def test_bad_params_stop_at_parse_time(tmp_path, kind, edit, field):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
     res = snakemake(tmp_path, "--cores", "1", "--config", f"grid={tmp_path / 'g.yaml'}",
                     f"preset={tmp_path / 'p.yaml'}")
-    assert res.returncode != 0
-    msg = [ln for ln in res.stderr.splitlines() if ln.startswith("invalid params:")]
-    assert msg and field in msg[0], res.stderr[-2000:]
+    assert res.returncode == 2  # as the reflowma command: one line, exit 2
+    msg = [ln for ln in res.stderr.splitlines() if ln.startswith("reflowma:")]
+    assert len(msg) == 1 and msg[0].startswith(f"reflowma: error: {field}"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "Error in" not in res.stderr, res.stderr[-2000:]
     assert "rule teacher" not in res.stdout + res.stderr  # nothing was scheduled
     assert not (tmp_path / "results").exists()  # nothing was written
+
+
+def test_a_dry_run_prints_its_job_stats_once(tmp_path):
+    """Snakemake 9.27 logs a dry run's table twice (common.smk keeps the closing one)."""
+    for quiet in ([], ["--quiet", "rules"]):
+        res = snakemake(tmp_path, "-n", *quiet, "--config", "preset=smoke", "grid=smoke")
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = res.stdout + res.stderr
+        assert out.count("Job stats:") == 1, out[-3000:]
+        assert job_stats(out)["reflow"] == 2
+        if not quiet:  # the closing summary's: after the job list
+            assert out.index("Job stats:") > out.rindex("rule ")
 
 
 def test_unknown_workflow_config_key(tmp_path):

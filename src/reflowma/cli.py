@@ -227,25 +227,49 @@ def _equal_time(time_of: str) -> dict:
             "info": {"time_of": time_of, "time_budget_s": budget}}
 
 
+def _describe_config(stage: str, params, overrides, refused: dict) -> dict:
+    """A stage's config under ``describe``'s overrides: ``STAGE.key=value`` ones of this stage,
+    and each unqualified one that this stage's own command accepts (``net.channels=32`` sets
+    the teacher's and the students' UNet; the couplings have no net and the classifier's
+    ``channels`` is a list). An unqualified override this stage refuses is kept in
+    ``refused`` with the error; ``describe`` fails on one that every stage refuses."""
+    mine = [o for o in overrides if o.split("=", 1)[0].split(".")[0] == stage]
+    for o in overrides:
+        if o.split("=", 1)[0].split(".")[0] in config.STAGES:
+            continue
+        try:
+            config.stage_config(stage, params, [*mine, o], check_files=False)
+        except config.ConfigError as e:
+            if not config.set_by_override(e.field, [o]):
+                raise
+            refused.setdefault(o, []).append(e)
+            continue
+        mine.append(o)
+        refused.setdefault(o, []).append(None)
+    return config.stage_config(stage, params, mine, check_files=False)
+
+
 def describe(params, overrides=()) -> dict:
     """``{stage: {"config": ..., ["data_shape": ..., "n_params": ...]}}`` of a preset."""
     import torch
 
     from reflowma import data, models
 
-    out = {}
+    out, taken = {}, {}
     for stage in config.STAGES:
         if stage == "classifier" and not out["evaluate"]["config"].get("fd_classifier"):
             continue  # a job only where evaluate uses it
-        mine = [o for o in overrides
-                if o.split("=", 1)[0].split(".")[0] not in set(config.STAGES) - {stage}]
-        cfg = config.stage_config(stage, params, mine, check_files=False)
-        out[stage] = {"config": cfg}
+        out[stage] = {"config": _describe_config(stage, params, overrides, taken)}
+    for errors in taken.values():
+        if None not in errors:  # refused by every stage: the first stage's reason
+            raise errors[0]
+    for stage, d in out.items():
+        cfg = d["config"]
         if "net" in cfg and stage != "classifier":
             shape = data.declared_shape(cfg["data"])
             with torch.device("meta"):
                 net = models.build(shape, cfg["net"])
-            out[stage] |= {"data_shape": list(shape), "n_params": models.n_params(net)}
+            d |= {"data_shape": list(shape), "n_params": models.n_params(net)}
     return out
 
 

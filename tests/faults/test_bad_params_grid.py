@@ -109,7 +109,11 @@ CASES = [
     ("missing-preset-file", _set("p", MISSING), "params", ["preset.yaml", "does not exist"]),
     ("missing-grid-file", _set("g", MISSING), "grid", ["grid.yaml", "does not exist"]),
     ("grid-not-a-mapping", _set("g", ["K", 1]), "grid", ["grid.yaml", "must hold a mapping"]),
-    ("grid-not-yaml", _set("g", "axes: [1,\n"), "grid", ["grid.yaml", "not valid YAML"]),
+    # YAML syntax: the file and line (tests/test_params_errors.py: every params file)
+    ("grid-not-yaml", _set("g", "axes: [1,\n"), "{tmp}/grid.yaml:2", ["not valid YAML",
+                                                                     "<stream end>"]),
+    ("preset-not-yaml", _set("p", "seed: 0\nteacher:\n  train: {steps: 3\n  net: x\n"),
+     "{tmp}/preset.yaml:4", ["not valid YAML", "flow mapping at line 3"]),
 ]
 
 
@@ -136,6 +140,7 @@ def test_malformed_grid_or_preset(tmp_path, edit, field, needles):
     _write(gp, files["g"])
     with pytest.raises(ConfigError) as e:
         _plan(pp, gp)
+    field = field.format(tmp=tmp_path)
     msg = str(e.value)
     assert "\n" not in msg, msg  # one line
     assert e.value.field == field, msg

@@ -1,7 +1,10 @@
 # Helpers shared by the rules: the plan (grid points, resolved configs, paths, resources).
+import logging
 import os
 import sys
 from pathlib import Path
+
+from snakemake.logging import logger
 
 from reflowma.infra import config as rcfg
 from reflowma.infra import grid as rgrid
@@ -13,21 +16,37 @@ PY = sys.executable
 # The Snakefile's folder is the project: its params/ are the ones every job reads (set before
 # anything reads params; jobs inherit it), whichever clone the package was installed from.
 os.environ.update(REFLOWMA_PY=PY, REFLOWMA_ROOT=str(Path(workflow.basedir).resolve()))
-try:  # workflow/schemas/workflow.schema.yaml
+
+
+class DryRunStatsOnce(logging.Filter):
+    """Snakemake 9.27 logs a dry run's job-stats table twice, before the job list and again in
+    the closing summary, so `snakemake -n --quiet rules` (no job list) printed it twice in a
+    row. This keeps the summary's: it drops a dry run's first table."""
+
+    seen = False
+
+    def filter(self, record):
+        if self.seen or not workflow.dryrun or not str(record.msg).startswith("Job stats:"):
+            return True
+        self.seen = True
+        return False
+
+
+for _f in [f for f in logger.filters if type(f).__name__ == "DryRunStatsOnce"]:
+    logger.removeFilter(_f)  # one filter per process, however often a Snakefile is parsed
+logger.addFilter(DryRunStatsOnce())
+# Bad params: one line `reflowma: error: ...` and exit 2 before anything is scheduled.
+with rcfg.exit_on_bad_params():  # workflow/schemas/workflow.schema.yaml
     rgrid.check_schema("workflow", dict(config), "config")
-except rcfg.ConfigError as e:
-    raise WorkflowError(f"invalid params: {e}") from None
 PRESET_NAME = Path(str(config["preset"])).stem
 RESULTS = f"{config['results']}/{PRESET_NAME}"
 RUNS = f"{RESULTS}/runs"  # Sacred FileStorageObserver records, one per job
 
-try:
+with rcfg.exit_on_bad_params():
     PRESET = rgrid.load_preset(config["preset"])
     GRID = rgrid.load_grid(config["grid"])
     POINTS = rgrid.expand(GRID)
     CONFIGS = rgrid.stage_configs(PRESET, GRID, POINTS)
-except rcfg.ConfigError as e:
-    raise WorkflowError(f"invalid params: {e}") from None
 
 
 def _cfg_path(stage, key):

@@ -40,8 +40,8 @@ rule evaluations_seed:
 
 
 rule evaluations:
-    """Every evaluation of the grid, through one flag per dataset and seed (the DVC `workflow`
-    stage's target; the report's input)."""
+    """Every evaluation of the grid, through one flag per dataset and seed (the report's
+    input; `snakemake evaluations` runs them without the report)."""
     input:
         all_evaluation_flags(),
     output:

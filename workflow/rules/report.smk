@@ -43,7 +43,7 @@ rule report:
         claims=f"{REPORT}/claims.md",
         figures=REPORT_FIGURES,
     log:
-        f"{REPORT}/logs/report.log",  # not under logs/: that folder is the workflow stage's output
+        f"{REPORT}/logs/report.log",  # next to the report it logs
     conda:
         "../../environment.yml"
     threads: res("report", "threads", 1)

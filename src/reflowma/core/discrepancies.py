@@ -58,9 +58,10 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths) -> torch.Tensor:
 
 
 def random_directions(n: int, d: int, generator: torch.Generator | None = None,
-                      dtype=torch.float32) -> torch.Tensor:
-    """``n`` directions uniform on the unit sphere of R^d ``[n, d]`` (normalized Gaussians)."""
-    th = torch.randn(n, d, generator=generator, dtype=dtype)
+                      dtype=torch.float32, device=None) -> torch.Tensor:
+    """``n`` directions uniform on the unit sphere of R^d ``[n, d]`` (normalized Gaussians),
+    drawn on ``device`` (the generator's)."""
+    th = torch.randn(n, d, generator=generator, dtype=dtype, device=device)
     return th / th.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 

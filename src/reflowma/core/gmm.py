@@ -53,8 +53,10 @@ class IsoGMM:
         return (x + (1 - tb) * self.score(x, t)) / tb
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` samples, drawn on the means' device (the generator's device must match)."""
         idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype,
+                            device=self.means.device)
         return self.means[idx] + self.std * noise
 
 

@@ -60,7 +60,7 @@ def piecewise_pair(ends: torch.Tensor, t: torch.Tensor, K: int):
     ``x_t = x_k + (t - t_k) / dt * (x_{k+1} - x_k)`` and ``target = (x_{k+1} - x_k) / dt``.
     """
     k = window_of(t, K)
-    b = torch.arange(ends.shape[0])
+    b = torch.arange(ends.shape[0], device=ends.device)
     lo, hi = ends[b, k], ends[b, k + 1]
     dt = 1.0 / K
     u = (t - k.to(t.dtype) * dt) / dt
@@ -69,17 +69,20 @@ def piecewise_pair(ends: torch.Tensor, t: torch.Tensor, K: int):
 
 def window_start_pair(ends: torch.Tensor, k: torch.Tensor, K: int):
     """Teacher state at window start ``t_k`` and the window's straight target; k is ``[B]``."""
-    b = torch.arange(ends.shape[0])
+    b = torch.arange(ends.shape[0], device=ends.device)
     lo, hi = ends[b, k], ends[b, k + 1]
     return lo, (hi - lo) * K, k.to(ends.dtype) / K
 
 
-def score_from_velocity(v: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def score_from_velocity(v: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                        check: bool = True) -> torch.Tensor:
     """Score of p_t from the velocity of the linear interpolant with N(0, I) noise at t = 0.
 
     ``E[z | x_t = x] = x - t v(x, t)``, hence ``s(x, t) = -(x - t v) / (1 - t)`` for t < 1.
+    ``check``: refuse any t >= 1 (reading t waits for the device; callers whose t is below 1
+    by construction, such as a training step, pass False).
     """
     tb = _bcast(t, x)
-    if torch.any(tb >= 1):
+    if check and torch.any(tb >= 1):
         raise ValueError("score_from_velocity needs t < 1 (the score is singular at t = 1)")
     return -(x - tb * v) / (1 - tb)

@@ -31,17 +31,22 @@ def tm_loss(v, x_t, t, target, kind="l2", huber_c=None) -> torch.Tensor:
 
 
 def heldout_tm_loss(v, ends: torch.Tensor, K: int, generator: torch.Generator,
-                    n_t: int = 8, batch: int = 4096) -> float:
+                    n_t: int = 8, batch: int | None = None, device=None) -> float:
     """Mean L2 trajectory-matching loss on held-out couplings ``ends`` ``[N, K + 1, *data]``,
-    ``n_t`` uniform times per coupling (from ``generator``, so it is reproducible)."""
+    ``n_t`` uniform times per coupling (from ``generator``, so it is reproducible). Chunks of
+    ``batch`` couplings (None: all at once) go to ``device`` (``ends``' own if None), where
+    ``v`` is; the sum stays there (float64) until the end."""
     from reflowma.core.interpolant import piecewise_pair
 
-    total, count = 0.0, 0
+    dev = ends.device if device is None else torch.device(device)
+    batch = batch or max(1, ends.shape[0])
+    total, count = torch.zeros((), dtype=torch.float64, device=dev), 0
     with torch.no_grad():
         for _ in range(n_t):
             t = torch.rand(ends.shape[0], generator=generator).to(ends.dtype)
             for lo in range(0, ends.shape[0], batch):
-                xt, tgt = piecewise_pair(ends[lo: lo + batch], t[lo: lo + batch], K)
-                d = distance(v(xt, t[lo: lo + batch]), tgt)
-                total, count = total + float(d.sum()), count + d.shape[0]
-    return total / count
+                tc = t[lo: lo + batch].to(dev)
+                xt, tgt = piecewise_pair(ends[lo: lo + batch].to(dev), tc, K)
+                d = distance(v(xt, tc), tgt)
+                total, count = total + d.sum().to(torch.float64), count + d.shape[0]
+    return float(total) / count

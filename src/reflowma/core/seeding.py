@@ -14,8 +14,11 @@ def derive(seed: int, *names) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def generator(seed: int, *names) -> torch.Generator:
-    return torch.Generator().manual_seed(derive(seed, *names))
+def generator(seed: int, *names, device: torch.device | str | None = None) -> torch.Generator:
+    """The generator of ``derive(seed, *names)`` on ``device`` (the CPU unless given). A CUDA
+    generator (Philox) draws another stream than the CPU's (Mersenne Twister) from one seed;
+    ``get_state``/``set_state`` save and restore either (the state is a CPU byte tensor)."""
+    return torch.Generator(device=device or "cpu").manual_seed(derive(seed, *names))
 
 
 def fingerprint(cfg: dict, *extra) -> str:

@@ -6,9 +6,17 @@ flattened digits, ``(1, 28, 28)`` for an image set), ``value_range`` (``(lo, hi)
 One with an exact density also has ``log_prob(x)``; the audit compares against it where it
 exists (``exact_log_prob``). Factories registered in ``DATASETS`` may return any object with
 these attributes; ``Dataset`` and ``PointsDataset`` are conveniences.
+
+A dataset that can sample on an accelerator also has ``to(device)``: a dataset whose samples
+are drawn and made on ``device``, from a generator on that device (``on_device``; the
+training loop's ``train.data_on_device``). The built-in ones have it: ``PointsDataset`` keeps
+its points there, the toys draw wherever their generator lives. Every draw takes the
+generator's device, so on the CPU the two draw exactly the same numbers.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -41,11 +49,25 @@ class PointsDataset(Dataset):
         return self.points.shape[0]
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator)
+        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator,
+                            device=generator.device)
         return self.points[idx]
+
+    def to(self, device) -> PointsDataset:
+        """A copy whose points live on ``device`` (labels stay where they are)."""
+        out = copy.copy(self)
+        out.points = self.points.to(device)
+        return out
 
 
 def exact_log_prob(ds):
     """The dataset's exact log-density ``x [B, *shape] -> [B]``, or None where it has none."""
     lp = getattr(ds, "log_prob", None)
     return lp if callable(lp) else None
+
+
+def on_device(ds, device: torch.device):
+    """``ds.to(device)`` for a dataset that can sample on ``device``; None for one that cannot
+    (no ``to``: e.g. a plug-in's that draws on the CPU only)."""
+    to = getattr(ds, "to", None)
+    return to(torch.device(device)) if callable(to) else None

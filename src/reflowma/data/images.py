@@ -10,9 +10,9 @@
   resolves only the numpy names an array needs (``_reconstruct``, ``ndarray``, ``dtype``,
   ``scalar``, and ``_codecs.encode`` for bytes in protocol-2 pickles): any other global in
   the stream is refused, so a tampered file cannot run code.
-* ``images``: the user's images at ``data.path``: a folder of PNG files (sorted by name, all
-  one size; greyscale when every file is, else RGB) or an ``.npz`` whose array ``data.key``
-  (or its only array) is uint8 ``[N, H, W, C]``.
+* ``images``: the user's images at ``data.path``: a folder of PNG files or an ``.npz`` of uint8
+  ``[N, H, W, C]`` (array ``data.key``), with class labels from the npz's array
+  ``data.labels_key`` or from class sub-folders (``data/readers.py`` reads them).
 
 ``data.hflip: true`` flips each sample left-right with probability 1/2 in ``sample`` (the
 generator draws the flips after the indices, so ``hflip: false`` draws exactly as before).
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from reflowma.data.base import PointsDataset
+from reflowma.data.readers import read_images
 from reflowma.registry import InputError
 
 MNIST_PER_CLASS, MNIST_TRAIN_PER_CLASS = 500, 400
@@ -53,11 +54,13 @@ class ImageDataset(PointsDataset):
         self.hflip = bool(hflip)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator)
+        """``n`` images from the generator's device, where the points must be (``to``)."""
+        idx = torch.randint(0, self.points.shape[0], (n,), generator=generator,
+                            device=generator.device)
         x = self.points[idx]
         x = x.float() / 127.5 - 1.0 if self.uint8 else x.float()
         if self.hflip:
-            flip = torch.rand(n, generator=generator) < 0.5
+            flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x.reshape(n, *self.shape)
 
@@ -165,37 +168,8 @@ def _existing(cfg: dict, name: str) -> Path:
     return Path(p)
 
 
-def read_images(path: str | Path, key: str | None = "data") -> np.ndarray:
-    """uint8 ``[N, C, H, W]`` from a folder of PNGs or an ``.npz`` of uint8 ``[N, H, W, C]``."""
-    path = Path(path)
-    if path.is_dir():
-        from PIL import Image
-
-        files = sorted(path.glob("*.png"))
-        if not files:
-            raise InputError(f"data.path: folder {str(path)!r} holds no .png files")
-        ims = [Image.open(f) for f in files]
-        mode = "L" if all(im.mode in ("L", "1") for im in ims) else "RGB"
-        arrs = [np.asarray(im.convert(mode)) for im in ims]
-        if len({a.shape for a in arrs}) > 1:
-            raise InputError(f"data.path: images in {str(path)!r} differ in size")
-        x = np.stack(arrs)
-        return (x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)).copy()
-    if path.suffix.lower() != ".npz":
-        raise InputError(f"data.path: {str(path)!r} must be a folder of .png or an .npz")
-    with np.load(path, allow_pickle=False) as z:
-        names = list(z.keys())
-        k = key if key in names else (names[0] if len(names) == 1 else None)
-        if k is None:
-            raise InputError(f"data.path: {str(path)!r} has no array {key!r} (found: {names})")
-        x = z[k]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise InputError(f"data.path: {str(path)!r}:{k} must be uint8 [N, H, W, C] with C in "
-                         f"(1, 3), got {x.dtype} {x.shape}")
-    return x.transpose(0, 3, 1, 2).copy()
-
-
 def images_dataset(cfg: dict) -> ImageDataset:
-    """``data.name: images``: the user's PNG folder or ``.npz`` at ``data.path``."""
-    return ImageDataset(read_images(_existing(cfg, "images"), cfg.get("key", "data")),
-                        **_opts(cfg))
+    """``data.name: images``: the user's PNG folder or ``.npz`` at ``data.path``, with labels
+    where the file has them (``data.labels_key``, class sub-folders: ``data/readers.py``)."""
+    x, y = read_images(_existing(cfg, "images"), cfg.get("key", "data"), cfg.get("labels_key"))
+    return ImageDataset(x, y, **_opts(cfg))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from reflowma.data import toys
-from reflowma.data.base import Dataset, PointsDataset, exact_log_prob  # noqa: F401
-from reflowma.data.files import FILE_SUFFIXES, digits_dataset, file_dataset, read_points  # noqa: F401
+from reflowma.data.base import Dataset, PointsDataset, exact_log_prob, on_device  # noqa: F401
+from reflowma.data.files import digits_dataset, file_dataset
+from reflowma.data.readers import read_points  # noqa: F401
 from reflowma.registry import Registry
 
 DATASETS = Registry("data.name")

@@ -1,4 +1,5 @@
-"""Seeded 2D toy distributions. Each sampler: ``(n, generator) -> [n, 2]`` float32.
+"""Seeded 2D toy distributions. Each sampler: ``(n, generator) -> [n, 2]`` float32, drawn on the
+generator's device (``ToyDataset.to`` and ``MixtureDataset.to`` give datasets that sample there).
 
 ``8gaussians`` is an isotropic Gaussian mixture (``EIGHT_GAUSSIANS``: radius and std): its
 dataset object owns that mixture, so the sampler and the exact density the audit uses are one
@@ -7,6 +8,7 @@ object (``MixtureDataset``), never two copies of the parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -18,32 +20,35 @@ EIGHT_GAUSSIANS = {"radius": 4.0, "std": 0.5}
 
 
 def _8gaussians(n, g):
-    return eight_gaussians_dataset().sample(n, g)
+    return eight_gaussians_dataset().to(g.device).sample(n, g)
 
 
 def _moons(n, g, noise=0.1):
-    n1 = n // 2
-    a = torch.rand(n1, generator=g) * math.pi
-    b = torch.rand(n - n1, generator=g) * math.pi
+    n1, dev = n // 2, g.device
+    a = torch.rand(n1, generator=g, device=dev) * math.pi
+    b = torch.rand(n - n1, generator=g, device=dev) * math.pi
     upper = torch.stack([torch.cos(a), torch.sin(a)], 1)
     lower = torch.stack([1 - torch.cos(b), 0.5 - torch.sin(b)], 1)
-    x = torch.cat([upper, lower])[torch.randperm(n, generator=g)]
-    x = x + noise * torch.randn(n, 2, generator=g)
-    return 2.0 * (x - torch.tensor([0.5, 0.25]))
+    x = torch.cat([upper, lower])[torch.randperm(n, generator=g, device=dev)]
+    x = x + noise * torch.randn(n, 2, generator=g, device=dev)
+    return 2.0 * (x - torch.tensor([0.5, 0.25], device=dev))
 
 
 def _checkerboard(n, g):
-    x1 = torch.rand(n, generator=g) * 4 - 2
-    x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g) * 2.0
+    dev = g.device
+    x1 = torch.rand(n, generator=g, device=dev) * 4 - 2
+    x2 = (torch.rand(n, generator=g, device=dev)
+          - torch.randint(0, 2, (n,), generator=g, device=dev) * 2.0)
     x2 = x2 + torch.floor(x1) % 2
     return torch.stack([x1, x2], 1) * 2
 
 
 def _spirals(n, g, noise=0.1):
-    r = torch.sqrt(torch.rand(n, generator=g)) * 3 * math.pi
-    sign = torch.randint(0, 2, (n,), generator=g) * 2.0 - 1
+    dev = g.device
+    r = torch.sqrt(torch.rand(n, generator=g, device=dev)) * 3 * math.pi
+    sign = torch.randint(0, 2, (n,), generator=g, device=dev) * 2.0 - 1
     x = torch.stack([sign * r * torch.cos(r), sign * r * torch.sin(r)], 1) / 2.5
-    return x + noise * torch.randn(n, 2, generator=g)
+    return x + noise * torch.randn(n, 2, generator=g, device=dev)
 
 
 TOYS = {"8gaussians": _8gaussians, "moons": _moons, "checkerboard": _checkerboard,
@@ -67,6 +72,10 @@ class ToyDataset(Dataset):
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.sampler(n, generator).float()
 
+    def to(self, device) -> ToyDataset:
+        """Itself: the sampler draws on the generator's device."""
+        return self
+
 
 class MixtureDataset(Dataset):
     """Samples and exact density of one isotropic Gaussian mixture.
@@ -83,6 +92,14 @@ class MixtureDataset(Dataset):
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self._sampler.sample(n, generator).float()
+
+    def to(self, device) -> MixtureDataset:
+        """A copy whose sampler lives on ``device`` (draws there, from a generator there);
+        ``mixture`` (the float64 density) stays where it is."""
+        out = copy.copy(self)
+        s = self._sampler
+        out._sampler = IsoGMM(s.means.to(device), s.std, s.weights.to(device))
+        return out
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact data log-density ``[B]`` (float64) at x ``[B, *shape]``."""

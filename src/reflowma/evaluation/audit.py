@@ -1,6 +1,7 @@
 """Marginal audit of a few-step student against its teacher.
 
-Pure functions (no I/O). Everything is computed in float64 on CPU copies of the models.
+Pure functions (no I/O). Everything is computed in float64 on copies of the models on their own
+device (the points go there; kNN entropies and exact data densities read them back).
 
 * ``marginal_audit``: per NFE, KL(q || p_T) by the kNN entropy (needs no injectivity) and, in
   low dimension, the exact KL and TV from the change-of-variables density of the student's
@@ -31,10 +32,16 @@ from reflowma.evaluation import density
 
 
 def _f64(model):
-    """A float64 CPU copy of a module (callables are used as they are)."""
+    """A float64 copy of a module on its own device (callables are used as they are)."""
     if isinstance(model, torch.nn.Module):
-        return copy.deepcopy(model).cpu().double().eval().requires_grad_(False)
+        return copy.deepcopy(model).double().eval().requires_grad_(False)
     return model
+
+
+def _device(model) -> torch.device:
+    """Where a module's parameters are (the CPU for a plain callable)."""
+    p = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    return torch.device("cpu") if p is None else p.device
 
 
 def _num(x):
@@ -75,7 +82,8 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
     at the same d and N, next to ``teacher_kl_knn``.
     """
     s64, t64 = _f64(student), _f64(teacher)
-    z = z.detach().cpu().double()
+    dev = _device(s64)
+    z = z.detach().to(dev).double()
     steps, k, max_dim = int(cfg_audit["logp_steps"]), int(cfg_audit["knn_k"]), cfg_audit["max_dim"]
     div_max, probes = divergence_settings(cfg_audit)
     exact = _dim(z) <= max_dim
@@ -94,7 +102,7 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
             ends[nfe] = (y, logq, float(folded.double().mean()))
         else:
             ends[nfe] = (solvers.euler_sample(s64, z, grid), None, None)
-    xt = None if teacher_samples is None else teacher_samples.detach().cpu().double()
+    xt = None if teacher_samples is None else teacher_samples.detach().to(dev).double()
     # the teacher's density at every NFE's endpoints and at its own samples: one integration
     lps, ses = density.cnf_logp_many(t64, [y for y, _, _ in ends.values()]
                                      + ([] if xt is None else [xt]), 1.0, steps,
@@ -111,7 +119,7 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
             row["kl_exact_logratio"] = _num(density.kl_logratio(logq, lp))
             row["tv"] = _num(density.tv_from_logratio(logq, lp))
         if data_logp is not None:
-            ld = data_logp(y.reshape(y.shape[0], -1))
+            ld = data_logp(y.reshape(y.shape[0], -1).cpu()).to(y.device)
             row["data_kl_knn"] = _num(density.kl_knn(y, ld, k))
             row["data_kl_exact"] = _num(density.kl_from_logratio(logq, ld)) if exact else None
             row["data_kl_exact_logratio"] = (_num(density.kl_logratio(logq, ld)) if exact
@@ -164,7 +172,7 @@ def local_window_audit(student, teacher, x_k_by_window, K: int, steps: int,
     """
     s64, t64 = _f64(student), _f64(teacher)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    xs = [x.detach().cpu().double() for x in _windows(x_k_by_window, K)]
+    xs = [x.detach().to(_device(s64)).double() for x in _windows(x_k_by_window, K)]
     exact = _dim(xs[0]) <= max_dim
     h = 1.0 / K
     maps = []  # per window: (t0, t1, y, log-det, fold)
@@ -240,6 +248,7 @@ def score_error_vs_t(teacher, gmm, ts, n: int, generator: torch.Generator | None
     """Relative error ``sqrt(E|s_T - s|^2 / E|s|^2)`` of the teacher's score from velocity vs
     the exact mixture score at samples of ``p_t`` (``x_t = (1 - t) z + t x``), per t (< 1)."""
     t64 = _f64(teacher)
+    dev = _device(t64)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     means = gmm.means.double()
     from reflowma.core.gmm import IsoGMM
@@ -252,7 +261,7 @@ def score_error_vs_t(teacher, gmm, ts, n: int, generator: torch.Generator | None
         tt = torch.full((n,), float(t), dtype=torch.float64)
         xt = (1 - t) * z + t * x1
         with torch.no_grad():
-            s_T = score_from_velocity(t64(xt, tt), xt, tt)
+            s_T = score_from_velocity(t64(xt.to(dev), tt.to(dev)).cpu(), xt, tt)
         s = ref.score(xt, float(t))
         out[str(t)] = float(((s_T - s).pow(2).sum(-1).mean() / s.pow(2).sum(-1).mean()).sqrt())
     return out

@@ -14,11 +14,13 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
 
+from reflowma.data import catalog
 from reflowma.registry import InputError
 
 STAGES = ("teacher", "couplings", "reflow", "evaluate", "classifier")
@@ -35,6 +37,18 @@ class ConfigError(InputError):
 
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def exit_on_bad_params():
+    """For the workflow's parse-time checks: an ``InputError`` prints one line ``reflowma:
+    error: ...`` on stderr and exits 2, as the reflowma command does (raised through
+    Snakemake it would print a traceback frame and exit 1)."""
+    try:
+        yield
+    except InputError as e:
+        print(f"reflowma: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _has_presets(root: Path) -> bool:
@@ -66,23 +80,50 @@ def params_dir() -> Path:
                       "picks a preset, the defaults come from that folder)")
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """One line: the problem and where (a MarkedYAMLError's str spans several lines)."""
+def shown_path(path: str | Path) -> str:
+    """A file as messages name it: relative to the working directory when below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# PyYAML's problems with a likely cause to name: a second top-level value, a key without ':'
+_SECOND_VALUE, _NO_COLON = "expected '<document start>'", "could not find expected ':'"
+
+
+def yaml_error(path: str | Path, e: yaml.YAMLError) -> ConfigError:
+    """One line ``FILE:LINE: not valid YAML: problem (column, context)`` of a YAML error (a
+    MarkedYAMLError's own text spans several lines and names no file). LINE is where PyYAML
+    found the problem, except for a key without its ``:``, which PyYAML finds on the line
+    after the key: there it is the key's line."""
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    mark = getattr(e, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return " ".join(f"{problem}{where}".split())
+    mark, ctx = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    context = getattr(e, "context", None) or ""
+    at = ctx if ctx is not None and (mark is None or "simple key" in context) else mark
+    where = [] if at is None else [f"column {at.column + 1}"]
+    if context and ctx is not None and ctx.line != at.line:
+        where.append(f"{context} at line {ctx.line + 1}")
+    if problem.startswith(_SECOND_VALUE):
+        where.append("the file's top-level value ends above this line: is a {} or [] line "
+                     "left above new entries?")
+    if problem.startswith(_NO_COLON):
+        where.append("this line is not a `key: value` of the mapping around it")
+    text = " ".join(f"{problem} ({'; '.join(where)})".split()) if where else problem
+    return ConfigError(f"{shown_path(path)}{f':{at.line + 1}' if at else ''}",
+                       f"not valid YAML: {text}")
 
 
 def load_yaml(path: str | Path, what: str = "params") -> dict:
-    """A YAML mapping (``yaml.safe_load``: no Python tags); ``what`` names it in errors."""
+    """A YAML mapping (``yaml.safe_load``: no Python tags); ``what`` names it in errors. A
+    syntax error is one line naming the file and line (``yaml_error``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(what, f"file {str(path)!r} does not exist")
     try:
         obj = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(what, f"{str(path)!r} is not valid YAML: {_yaml_problem(e)}") from None
+        raise yaml_error(path, e) from None
     if obj is None:
         return {}
     if not isinstance(obj, dict):
@@ -200,37 +241,17 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
         if entry["name"] not in OBJECTIVES:
             raise ConfigError(f"{stage}.objectives.{i}.name", f"unknown {entry['name']!r}; "
                               f"allowed: {', '.join(OBJECTIVES.names())}")
-    data = cfg["data"]
-    check_dataset_name(f"{stage}.data.name", data["name"])
-    if data.get("path") and data["name"] in BUILTIN_DATASETS - {"file", "cifar10", "images"}:
-        raise ConfigError(f"{stage}.data.path", f"{data['path']!r} is set but data.name is "
-                          f"{data['name']!r}, a bundled dataset that never reads it; "
-                          "set data.name to file to read the file, or drop data.path")
-    if data["name"] == "file" and check_files:
-        path = data.get("path")
-        if not path:
-            raise ConfigError(f"{stage}.data.path", "is required when data.name is 'file'")
-        if not Path(path).is_file():
-            raise ConfigError(f"{stage}.data.path", f"file {path!r} does not exist")
-        if Path(path).suffix.lower() not in (".npy", ".csv", ".h5", ".hdf5"):
-            raise ConfigError(f"{stage}.data.path", f"{path!r}: allowed suffixes .npy, .csv, .h5")
-    if data["name"] in ("cifar10", "images"):
-        path = data.get("path")
-        if not path:
-            raise ConfigError(f"{stage}.data.path", f"is required when data.name is "
-                              f"{data['name']!r}")
-        if check_files and not Path(path).exists():
-            raise ConfigError(f"{stage}.data.path", f"{path!r} does not exist")
-    if data.get("hflip") and data["name"] in BUILTIN_DATASETS - IMAGE_DATASETS:
-        if not (data["name"] == "digits" and data.get("layout") == "image"):
-            raise ConfigError(f"{stage}.data.hflip", f"applies to image datasets "
-                              f"({', '.join(sorted(IMAGE_DATASETS))}, digits with layout "
-                              f"image), not {data['name']!r}")
-    if cfg.get("train", {}).get("amp") == "bf16" and cfg["device"] == "cpu":
+    _check_data(stage, cfg["data"], check_files)
+    train = cfg.get("train", {})
+    if train.get("lr_scaling", "none") != "none" and train.get("lr_reference_batch") is None:
+        raise ConfigError(f"{stage}.train.lr_reference_batch", "is required when "
+                          f"train.lr_scaling is {train['lr_scaling']!r}: the batch size train.lr "
+                          "was tuned at (or set lr_scaling: none)")
+    if train.get("amp") == "bf16" and cfg["device"] == "cpu":
         raise ConfigError(f"{stage}.train.amp", "'bf16' autocast needs a CUDA device, "
                           "device is 'cpu'; allowed here: none")
     if stage == "classifier" or (stage == "evaluate" and cfg.get("fd_classifier")):
-        _check_labelled_images(stage, data)
+        _check_labelled_images(stage, cfg["data"], check_files)
     if stage == "evaluate":
         _check_inception(cfg, check_files)
     if stage == "reflow":
@@ -241,25 +262,65 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
     return cfg
 
 
-# Datasets whose labels the classifier stage (fd_classifier) trains on (plug-ins: checked when
-# the classifier runs).
-UNLABELLED_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals", "file",
-                                 "images"})
 INCEPTION_METRICS = ("fid", "kid", "precision_recall")
 INCEPTION_ENV = "REFLOWMA_INCEPTION_WEIGHTS"
 INCEPTION_PYTHON_ENV = "REFLOWMA_INCEPTION_PYTHON"
 INCEPTION_VENV = ".venv-inception"  # `make inception-env` creates it in the project folder
 
 
-def _check_labelled_images(stage: str, data: dict) -> None:
-    """The classifier (and so fd_classifier) needs labelled images."""
+def _check_data(stage: str, data: dict, check_files: bool) -> None:
+    """The data section against what its dataset declares (``data.catalog``): a name that
+    exists, a path where the dataset reads one (and only there), a layout it has, flips and
+    labels keys only where they apply."""
+    f = f"{stage}.data"
+    check_dataset_name(f"{f}.name", data["name"])
+    d, path = catalog.declared(data["name"]), data.get("path")
+    if d is None:  # a plug-in's dataset: checked when it reads its data
+        return
+    if path and not d.reads_path:
+        raise ConfigError(f"{f}.path", f"{path!r} is set but data.name is {data['name']!r}, a "
+                          "bundled dataset that never reads it; set data.name to file (points) "
+                          "or images to read the file, or drop data.path")
+    if d.reads_path:
+        if not path:
+            raise ConfigError(f"{f}.path", f"is required when data.name is {data['name']!r}")
+        points = data["name"] == "file"  # a file; the image sets also read folders
+        if check_files and not (Path(path).is_file() if points else Path(path).exists()):
+            raise ConfigError(f"{f}.path", f"file {path!r} does not exist")
+        if points and Path(path).suffix.lower() not in catalog.POINT_SUFFIXES:
+            raise ConfigError(f"{f}.path", f"{path!r}: allowed suffixes "
+                              f"{', '.join(catalog.POINT_SUFFIXES)}")
+    if data.get("layout") and data["layout"] not in d.layouts:
+        raise ConfigError(f"{f}.layout", f"{data['layout']!r} is not a layout of "
+                          f"{data['name']!r}; allowed: {', '.join(d.layouts)}")
+    if data.get("hflip") and not catalog.image_layout(data):
+        raise ConfigError(f"{f}.hflip", f"applies to images [C, H, W] "
+                          f"({', '.join(sorted(catalog.IMAGE_SETS))}, digits with layout "
+                          f"image), not {data['name']!r} with layout "
+                          f"{data.get('layout') or d.layout!r}")
+    if data.get("labels_key"):
+        if d.labels != "file":
+            raise ConfigError(f"{f}.labels_key", f"applies to data.name images (an .npz's "
+                              f"label array), not {data['name']!r}")
+        if check_files and path and Path(path).is_dir():
+            raise ConfigError(f"{f}.labels_key", f"{data['labels_key']!r} is set but {path!r} "
+                              "is a folder, whose labels are its class sub-folders; allowed: "
+                              "unset")
+
+
+def _check_labelled_images(stage: str, data: dict, check_files: bool) -> None:
+    """The classifier (and so fd_classifier) needs labelled images ``[C, H, W]``."""
     what = "the classifier stage" if stage == "classifier" else "evaluate.fd_classifier: true"
-    if data["name"] in UNLABELLED_DATASETS:
+    if catalog.has_labels(data, check_files) is False:
+        if data["name"] == "images":
+            raise ConfigError(f"{stage}.data.labels_key", f"images at {data.get('path')!r} "
+                              f"have no class labels; {what} needs them: set data.labels_key to "
+                              "the .npz's label array, or put the PNGs in one sub-folder per "
+                              "class (or set evaluate.fd_classifier: false)")
         raise ConfigError(f"{stage}.data.name", f"{data['name']!r} has no class labels; "
                           f"{what} needs labelled images: mnist, cifar10, digits with layout "
-                          "image (or set evaluate.fd_classifier: false)")
-    if data.get("layout") == "flat" or (data["name"] == "digits"
-                                         and data.get("layout") != "image"):
+                          "image, images with labels (or set evaluate.fd_classifier: false)")
+    if catalog.image_layout(data) is False:
         raise ConfigError(f"{stage}.data.layout", f"{data.get('layout')!r}: {what} needs "
                           "images [C, H, W]; allowed: image")
 
@@ -296,25 +357,16 @@ def _check_inception(cfg: dict, check_files: bool) -> None:
     if check_files and not Path(path).is_file():
         raise ConfigError("evaluate.inception_weights", f"file {path!r} does not exist")
     data = cfg["data"]
-    not_images = BUILTIN_DATASETS - IMAGE_DATASETS - {"digits"}
-    if data.get("layout") == "flat" or data["name"] in not_images or (
-            data["name"] == "digits" and data.get("layout") != "image"):
+    if catalog.image_layout(data) is False:
         raise ConfigError("evaluate.data.name", f"{data['name']!r} (layout "
                           f"{data.get('layout')!r}): evaluate.{wanted[0]} needs images "
-                          f"[C, H, W]: {', '.join(sorted(IMAGE_DATASETS))}, or digits with "
+                          f"[C, H, W]: {', '.join(sorted(catalog.IMAGE_SETS))}, or digits with "
                           "layout image")
 
 
-# The bundled datasets (tests/test_data_registry.py checks this against the registry): their
-# names are checked without importing the data layer (and torch) at the workflow's parse time.
-IMAGE_DATASETS = frozenset({"mnist", "cifar10", "images"})
-TOY_DATASETS = frozenset({"8gaussians", "moons", "checkerboard", "spirals"})  # data.toys.TOYS
-BUILTIN_DATASETS = TOY_DATASETS | IMAGE_DATASETS | {"digits", "file"}
-
-
 def check_dataset_name(field: str, name: str) -> None:
-    """``name`` is a registered dataset (bundled names need no import of the data layer)."""
-    if name in BUILTIN_DATASETS:
+    """``name`` is a registered dataset (bundled names need no import of the registry)."""
+    if catalog.declared(name) is not None:
         return
     from reflowma.data import DATASETS
 
@@ -423,7 +475,7 @@ def resolve(stage: str, base: dict, src: Path | None, overrides=(), schema_check
     try:
         return validate(stage, cfg, schema_check, check_files)
     except ConfigError as e:
-        if _set_by_override(e.field, overrides):
+        if set_by_override(e.field, overrides):
             raise
         raise _in_file(e, src) from None
 
@@ -457,7 +509,7 @@ def _in_file(err: ConfigError, src: Path | None) -> ConfigError:
     return ConfigError(err.field, f"{str(err).split(': ', 1)[1]} (in params file {str(src)!r})")
 
 
-def _set_by_override(field: str, overrides) -> bool:
+def set_by_override(field: str, overrides) -> bool:
     """Whether the field (``stage.a.b``) or a part of it was set by a ``key=value`` override."""
     parts = field.split(".")[1:]
     for item in overrides:

@@ -67,12 +67,16 @@ def _comm_device(t: torch.Tensor) -> torch.Tensor:
     return t.cuda() if dist.get_backend() == "nccl" else t.cpu()
 
 
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+              "min": dist.ReduceOp.MIN}
+
+
 def all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    """Reduce a few floats across ranks (``sum``, ``mean`` or ``max``)."""
+    """Reduce a few floats across ranks (``sum``, ``mean``, ``max`` or ``min``)."""
     if not active():
         return list(values)
     t = _comm_device(torch.tensor(values, dtype=torch.float64))
-    dist.all_reduce(t, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    dist.all_reduce(t, REDUCE_OPS[op])
     if op == "mean":
         t /= world_size()
     return t.cpu().tolist()

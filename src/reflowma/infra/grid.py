@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from reflowma.infra import config
+from reflowma.registry import InputError
 
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
            "regularizer.discrepancy": "disc",
@@ -164,11 +165,7 @@ def user_datasets() -> dict:
     path = config.params_dir() / DATASETS_FILE
     if not path.is_file():
         return {}
-    d = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(d, dict):
-        raise config.ConfigError("datasets", f"{str(path)!r} must be a mapping NAME: "
-                                 "{name: file, path: ...}")
-    return d
+    return config.load_yaml(path, "datasets")
 
 
 def _resolve_path(path: str) -> str:
@@ -218,12 +215,18 @@ def dataset_section(name: str) -> dict:
         from reflowma.infra.storage.atomic import content_sha256
 
         sec["sha256"] = content_sha256(path)
-    try:
-        from reflowma import data
+    try:  # reads the file (torch-free for file and images): a malformed one fails now
+        from reflowma.data import readers
 
-        data.data_shape(cfg["data"])  # reads the file: a malformed one fails at parse time
+        if readers.read_user_file(cfg["data"]) is None:  # a bundled or plug-in dataset
+            from reflowma import data
+
+            data.data_shape(cfg["data"])
     except config.ConfigError:
         raise
+    except InputError as e:  # "data.<field>: ..." -> the entry's field
+        field, _, msg = str(e).partition(": ")
+        raise config.ConfigError(f"{where}.{field.removeprefix('data.')}", msg) from None
     except Exception as e:  # noqa: BLE001 - any reader error names the entry and the file
         raise config.ConfigError(where, f"cannot read {entry.get('path')!r}: "
                                  f"{type(e).__name__}: {e}") from None

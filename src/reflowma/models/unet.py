@@ -17,21 +17,57 @@ channel count changes. The time embedding is the sinusoidal features of t (t in 
 output projection, residual. GroupNorm uses ``gcd(norm_groups, channels)`` groups, so tiny
 widths (tests) work. Everything acts per sample (no batch statistics), as the per-sample
 Jacobians of the regularizer and the fold fraction require.
+
+How it runs (same parameters and values as the plain layers; tests/test_unet.py):
+
+* attention: the 1x1 convs are applied as matrix products on the positions (``[B, HW, C]``,
+  their weights viewed as ``[C_out, C]``), so q, k and v come out ``[B, heads, HW, C/heads]``
+  with unit stride in the head dimension, the layout ``scaled_dot_product_attention``'s fused
+  kernels (flash, memory-efficient, the CPU flash kernel) take; q, k, v strided otherwise would
+  send it to the unfused math path (the ``[HW, HW]`` score matrix in memory, bf16 upcast on
+  the CPU). The fused kernels have no derivative of their backward, so when the input
+  requires grad (a Jacobian with respect to x may be differentiated again: the regularizer's
+  log-det) the net runs attention on the math backend, which does.
+* GroupNorm (``GroupNorm``): under autocast on CUDA, PyTorch's policy runs ``group_norm`` in
+  float32, casting every bf16 activation up and the result back down at the next conv; here
+  it runs in the activation's dtype (the kernel accumulates its statistics in float32), with
+  its weight and bias cast instead. On the CPU the kernel takes bf16 input with float32
+  parameters as is, and without autocast nothing changes.
+* the time embedding's SiLU, the same for every residual block, is applied once per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from reflowma.models.mlp import SinusoidalTimeEmbedding, shared_time
 
 
-def _norm(c: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(groups, c), c)
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that keeps a lower-precision input's dtype on accelerators (see the
+    module docstring); the same parameters and, in float32, the same function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype or x.device.type == "cpu":
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm_in_dtype(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def group_norm_in_dtype(x: torch.Tensor, groups: int, weight: torch.Tensor,
+                        bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """GroupNorm of ``x`` in ``x``'s dtype, autocast off, ``weight`` and ``bias`` cast to it."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.group_norm(x, groups, weight.to(x.dtype), bias.to(x.dtype), eps)
+
+
+def _norm(c: int, groups: int) -> GroupNorm:
+    return GroupNorm(math.gcd(groups, c), c)
 
 
 def _zero(m: nn.Module) -> nn.Module:
@@ -41,7 +77,8 @@ def _zero(m: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """Two 3x3 convs with GroupNorm/SiLU, the time embedding added between them."""
+    """Two 3x3 convs with GroupNorm/SiLU, the time embedding added between them; ``forward``
+    takes the embedding after its SiLU (``UNetVelocity`` applies it once for all blocks)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int):
         super().__init__()
@@ -52,9 +89,9 @@ class ResBlock(nn.Module):
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x, emb):
+    def forward(self, x, emb_act):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = h + self.emb(emb_act)[:, :, None, None]
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -73,10 +110,14 @@ class Attention(nn.Module):
 
     def forward(self, x, emb=None):
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W) \
-            .permute(1, 0, 2, 4, 3).unbind(0)  # each [B, heads, HW, C/heads]
-        h = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(h.permute(0, 1, 3, 2).reshape(B, C, H, W))
+        # positions [B, HW, C] (free for a channels-last input), the 1x1 convs as products
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4) \
+            .unbind(0)  # each [B, heads, HW, C/heads], unit stride in the last dimension
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        out = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.view(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class UNetVelocity(nn.Module):
@@ -134,8 +175,14 @@ class UNetVelocity(nn.Module):
                                  _zero(nn.Conv2d(cur, C, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # attention on the twice-differentiable math backend when x requires grad
+        with attention_backend(x):
+            return self._forward(x, t)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # a time shared by the batch: one embedding row [1, E], broadcast in every block
-        emb = self.time_mlp(self.embed(t.reshape(-1)[:1] if shared_time(t) else t).to(x.dtype))
+        emb = F.silu(self.time_mlp(
+            self.embed(t.reshape(-1)[:1] if shared_time(t) else t).to(x.dtype)))
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:
@@ -149,6 +196,15 @@ class UNetVelocity(nn.Module):
             for layer in blk:
                 h = layer(h, emb) if isinstance(layer, ResBlock | Attention) else layer(h)
         return self.out(h)
+
+
+def attention_backend(x: torch.Tensor):
+    """The attention kernels of a forward on ``x``: any (the fused ones where they apply), or
+    the math backend alone when ``x`` requires grad and grad mode is on, because a derivative
+    with respect to x may itself be differentiated (the fused kernels' backward has none)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class Upsample(nn.Module):

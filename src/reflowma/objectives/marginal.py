@@ -43,7 +43,7 @@ from reflowma.core import discrepancies as D
 from reflowma.core import logdet as LD
 from reflowma.core.autodiff import batch_jacobian, forward_jacobian, velocity_jvp
 from reflowma.core.interpolant import score_from_velocity
-from reflowma.objectives.base import Context, Term
+from reflowma.objectives.base import Context, Term, eager
 
 LOGDET_MODES = ("exact", "trace", "hutchinson", "series")
 DISCREPANCIES = ("reverse_kl", "mmd", "sliced_w2", "sinkhorn")
@@ -80,8 +80,9 @@ def logdet_trace(vx: torch.Tensor, x: torch.Tensor, h: float) -> torch.Tensor:
 
 def rademacher(n_probes: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``[n_probes, *like.shape]`` of +-1 (like's dtype and device), drawn probe by probe on the
-    CPU generator (the draws of ``logdet_hutchinson``, in its order)."""
-    return torch.stack([torch.randint(0, 2, like.shape, generator=generator) * 2 - 1
+    generator's device (the draws of ``logdet_hutchinson``, in its order)."""
+    return torch.stack([torch.randint(0, 2, like.shape, generator=generator,
+                                      device=generator.device) * 2 - 1
                         for _ in range(n_probes)]).to(like)
 
 
@@ -90,7 +91,8 @@ def logdet_hutchinson(vx: torch.Tensor, x: torch.Tensor, h: float, n_probes: int
     """``h * mean_p eps_p^T J eps_p`` with Rademacher probes (one VJP each)."""
     est = 0.0
     for _ in range(n_probes):
-        eps = (torch.randint(0, 2, vx.shape, generator=generator) * 2 - 1).to(vx)
+        eps = (torch.randint(0, 2, vx.shape, generator=generator,
+                             device=generator.device) * 2 - 1).to(vx)
         g = torch.autograd.grad((vx * eps).sum(), x, create_graph=True)[0]
         est = est + _flat(g * eps).sum(-1)
     return h * est / n_probes
@@ -169,7 +171,7 @@ def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: 
     y = x + h * vx
     stats = {}
     if det is not None:
-        stats["folded"] = float((det <= 0).to(torch.float64).mean())
+        stats["folded"] = (det <= 0).to(torch.float64).mean().detach()
     last = (k + 1) == K
     t_end = torch.where(last, torch.full_like(tk, 1.0 - eps), (k + 1).to(x.dtype) / K)
     scale = torch.where(last & rescale_end, torch.full_like(tk, 1.0 - eps), torch.ones_like(tk))
@@ -178,15 +180,16 @@ def surrogate(v, score_fn, x: torch.Tensor, k: torch.Tensor, K: int, *, logdet: 
     if stop_grad:
         s = s.detach()
     align = _flat(s * y_end).sum(-1)
-    stats["logdet"] = float(ld.detach().mean())
+    stats["logdet"] = ld.detach().mean()
     return (-ld - align).mean(), stats
 
 
 def teacher_score_fn(teacher):
-    """Target score ``s_T(y, t) = -(y - t v_T(y, t)) / (1 - t)`` of a frozen teacher."""
+    """Target score ``s_T(y, t) = -(y - t v_T(y, t)) / (1 - t)`` of a frozen teacher, at the
+    times ``t < 1`` the surrogate builds (not read back: no host-device sync)."""
 
     def score(y, t):
-        return score_from_velocity(teacher(y, t), y, t)
+        return score_from_velocity(teacher(y, t), y, t, check=False)
 
     return score
 
@@ -203,13 +206,19 @@ class MarginalAlignment(Term):
 
     def __post_init__(self):
         self.score = teacher_score_fn(self.ctx.teacher)
+        self._windows = {}  # device -> the windows as a tensor there (made once)
+
+    def window_tensor(self, device: torch.device) -> torch.Tensor:
+        if device not in self._windows:
+            self._windows[device] = torch.tensor(self.windows, device=device)
+        return self._windows[device]
 
     def loss(self, v, generator):
-        ends, dev, n = self.ctx.ends, self.ctx.device, self.batch_size
-        b = torch.randint(0, ends.shape[0], (n,), generator=generator)
-        k = torch.tensor(self.windows)[torch.randint(0, len(self.windows), (n,),
-                                                     generator=generator)]
-        return surrogate(v, self.score, ends[b, k].to(dev), k.to(dev), self.ctx.K,
+        ends, dev, n, gd = self.ctx.ends, self.ctx.device, self.batch_size, generator.device
+        b = torch.randint(0, ends.shape[0], (n,), generator=generator, device=gd)
+        k = self.window_tensor(gd)[torch.randint(0, len(self.windows), (n,), generator=generator,
+                                                 device=gd)]
+        return surrogate(eager(v), self.score, ends[b, k].to(dev), k.to(dev), self.ctx.K,
                          generator=generator, **self.options)
 
 
@@ -230,7 +239,7 @@ def sample_discrepancy(name: str, y: torch.Tensor, target: torch.Tensor,
         return D.mmd2(y, target, D.median_bandwidths(target, mmd_scales))
     if name == "sliced_w2":
         d = target[0].numel()
-        th = D.random_directions(n_projections, d, generator, torch.float32)
+        th = D.random_directions(n_projections, d, generator, torch.float32, generator.device)
         return D.sliced_w2(y, target, th.to(y))
     if name == "sinkhorn":
         return D.sinkhorn_divergence(y, target, sinkhorn_eps, sinkhorn_iters, sinkhorn_tol)
@@ -258,12 +267,13 @@ class SampleDiscrepancy(Term):
         m = max(2, self.batch_size // len(self.windows))
         h, total, stats = 1.0 / K, 0.0, {}
         for k in self.windows:
-            b = torch.randint(0, ends.shape[0], (m,), generator=generator)
-            b2 = torch.randint(0, ends.shape[0], (m,), generator=generator)
+            b = torch.randint(0, ends.shape[0], (m,), generator=generator, device=generator.device)
+            b2 = torch.randint(0, ends.shape[0], (m,), generator=generator,
+                               device=generator.device)
             x, target = ends[b, k].to(dev), ends[b2, k + 1].to(dev)
             y = x + h * v(x, torch.full((m,), k / K, dtype=x.dtype, device=dev))
             dk = sample_discrepancy(self.name, y, target, generator, **(self.options or {}))
-            stats[f"w{k}"] = float(dk.detach())
+            stats[f"w{k}"] = dk.detach()
             total = total + dk
         return total / len(self.windows), stats
 

@@ -25,7 +25,7 @@ class TrajectoryMatching(Term):
 
     def loss(self, v, generator):
         ends, dev, bs, ts = self.ctx.ends, self.ctx.device, self.batch_size, self.time_sampler
-        b = torch.randint(0, ends.shape[0], (bs,), generator=generator)
+        b = torch.randint(0, ends.shape[0], (bs,), generator=generator, device=generator.device)
         t = time_samplers.get(ts["name"])(bs, generator, **ts).to(ends.dtype)
         xt, target = interpolant.piecewise_pair(ends[b], t, self.ctx.K)
         return losses.tm_loss(v, xt.to(dev), t.to(dev), target.to(dev), self.distance,
@@ -41,8 +41,8 @@ class WindowStart(Term):
 
     def loss(self, v, generator):
         ends, dev, bs, K = self.ctx.ends, self.ctx.device, self.batch_size, self.ctx.K
-        b = torch.randint(0, ends.shape[0], (bs,), generator=generator)
-        k = torch.randint(0, K, (bs,), generator=generator)
+        b = torch.randint(0, ends.shape[0], (bs,), generator=generator, device=generator.device)
+        k = torch.randint(0, K, (bs,), generator=generator, device=generator.device)
         x0, target, tk = interpolant.window_start_pair(ends[b], k, K)
         return losses.tm_loss(v, x0.to(dev), tk.to(dev), target.to(dev), self.distance,
                               self.huber_c), {}

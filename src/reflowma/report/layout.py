@@ -5,7 +5,7 @@ them)."""
 
 from __future__ import annotations
 
-from reflowma.infra.config import IMAGE_DATASETS, TOY_DATASETS
+from reflowma.data.catalog import IMAGE_SETS, TOYS
 from reflowma.infra.runs import parse_job, parse_point
 from reflowma.report.collect import num
 from reflowma.report.render import file_stem
@@ -56,9 +56,9 @@ def expected_figures(jobs) -> list[dict]:
         out += [{"kind": k, "dataset": ds, "stem": f"{k}_{f}"} for k in kinds]
         out += [{"kind": "heatmap", "dataset": ds,
                  "stem": f"heatmap_{f}" + (f"_{s}" if s else "")} for s in heat_groups(methods)]
-        if ds in TOY_DATASETS:
+        if ds in TOYS:
             out.append({"kind": "samples", "dataset": ds, "stem": f"samples_{f}"})
-        if ds in IMAGE_DATASETS:
+        if ds in IMAGE_SETS:
             out.append({"kind": "images", "dataset": ds, "stem": f"images_{f}"})
     return out
 

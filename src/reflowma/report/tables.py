@@ -41,11 +41,9 @@ REFERENCE_FILE = "references/prototype_2d.yaml"
 def prototype() -> dict:
     """The prototype's findings: ``{"source": str, "effects": {metric: {"K>=2"|"K=1":
     [low %, high %] | "+"}}}`` from ``params/references/prototype_2d.yaml``."""
-    import yaml
+    from reflowma.infra.config import load_yaml, params_dir
 
-    from reflowma.infra.config import params_dir
-
-    return yaml.safe_load((params_dir() / REFERENCE_FILE).read_text())
+    return load_yaml(params_dir() / REFERENCE_FILE, "references")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from reflowma.core.seeding import device, generator
 from reflowma.infra import distributed as ddp
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage.couplings import SPLITS, Couplings, CouplingsWriter
+from reflowma.models import inference
 from reflowma.stages.common import check_same_data, load_model
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def expected_attrs(cfg: dict, teacher_sha: str, data_key: str) -> dict:
     return {"teacher_sha256": teacher_sha, "solver": cfg["solver"], "steps": cfg["steps"],
             "seed": cfg["seed"], "windows": sorted(set(cfg["windows"])),
             "times": interpolant.union_grid(cfg["windows"]), "n_train": cfg["n_train"],
-            "n_test": cfg["n_test"], "chunk_size": cfg["chunk_size"], "data": data_key}
+            "n_test": cfg["n_test"], "chunk_size": cfg["chunk_size"], "data": data_key,
+            **inference.options(cfg)}
 
 
 def run(cfg: dict, teacher_path, out_path) -> dict:
@@ -37,6 +39,7 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     if ws > 1:
         return _run_sharded(cfg, teacher_path, out_path, dev)
     teacher, meta, sha = load_model(teacher_path, "teacher", dev)
+    teacher = inference.wrap(teacher, cfg)  # couplings.amp, couplings.compile
     check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
     shape = tuple(meta["data_shape"])
     attrs = expected_attrs(cfg, sha, meta["data"])
@@ -81,6 +84,7 @@ def _solve_chunk(cfg, teacher, attrs, shape, counts, split, c, dev):
 def _run_sharded(cfg: dict, teacher_path, out_path, dev) -> dict:
     """``run`` for several ranks: chunks round-robin, rank 0 writes (resumable as before)."""
     teacher, meta, sha = load_model(teacher_path, "teacher", dev)
+    teacher = inference.wrap(teacher, cfg)  # couplings.amp, couplings.compile
     check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
     shape = tuple(meta["data_shape"])
     attrs = expected_attrs(cfg, sha, meta["data"])

@@ -5,9 +5,18 @@ Per NFE (Euler, window-aware for piecewise students): the sample metrics declare
 stored in the couplings), exact empirical W2 against data (POT), MMD against data and against
 the teacher; for students the fold fraction of the sampler map (``None`` above
 ``fold_max_dim``) and straightness). The teacher is evaluated at the same NFEs
-(Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is reported once.
-Networks run on ``device`` in chunks of ``batch_size`` samples (``Batched``); samples and
-metrics stay on the CPU. Image data get PNG sample grids per NFE next to eval.json.
+(Euler) and at many steps (the ceiling). The held-out trajectory-matching loss is computed here
+only (``heldout_tm_loss``, ``heldout_times`` uniform times per test coupling).
+
+Every network stays on ``device`` (loaded there, never moved): samplers and ODE solves run
+there in chunks of ``batch_size`` noise rows (``on_device``; the adaptive ``dopri5`` ceiling
+calls the network in chunks instead, ``Batched``: its steps depend on the whole batch), and
+so do the held-out TM loss, the marginal audit (float64 copies on the device) and the
+classifier's features. What stays on the CPU: the test couplings and noise as read from the
+HDF5 file, the finished sample sets, and the metrics on them (POT's exact W2 is a CPU
+library, scipy's eigendecompositions give the Fréchet distances, the kNN entropies use
+scipy's k-d tree; MMD and the paired W2 are small next to them). Image data get PNG sample
+grids per NFE next to eval.json.
 
 With ``fd_classifier: true`` (labelled image data; ``classifier_path`` from the classifier
 stage) every sample set also gets its Fréchet distance to the dataset's test split in the
@@ -22,7 +31,6 @@ versions, the reference and the KID/precision-recall settings.
 
 from __future__ import annotations
 
-import copy
 import logging
 from functools import partial
 from pathlib import Path
@@ -57,11 +65,11 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         raise InputError("evaluate.fd_classifier: true needs the classifier stage's model "
                          "file: pass --classifier classifier.pt (the workflow does), or set "
                          "fd_classifier: false")
-    student, smeta, ssha = load_model(student_path, "student")
-    teacher, tmeta, tsha = load_model(teacher_path, "teacher")
-    # the sampler and metrics call the networks through these: on cfg.device, in batches of
-    # evaluate.batch_size (null, on CPU: the model itself, as before); the audit gets the models
     dev, bs = device(cfg["device"]), cfg.get("batch_size")
+    student, smeta, ssha = load_model(student_path, "student", dev)
+    teacher, tmeta, tsha = load_model(teacher_path, "teacher", dev)
+    # the metrics that call a network per step get these: on cfg.device, in batches of
+    # evaluate.batch_size (null, on CPU: the model itself); the audit gets the models
     student_b, teacher_b = Batched(student, dev, bs), Batched(teacher, dev, bs)
     check_same_data("evaluate", cfg["data"], tmeta["data"], teacher_path)
     if smeta["teacher_sha256"] != tsha:
@@ -86,7 +94,7 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
     if cfg.get("fd_classifier"):
         from reflowma.stages.classifier import frechet_reference
 
-        fd = frechet_reference(cfg["data"], classifier_path, dev)
+        fd = frechet_reference(cfg["data"], classifier_path, dev, batch_size=bs)
     from reflowma.stages.inception import open_reference
 
     inc = open_reference(cfg, dev)  # the weights load in the worker before any sampling
@@ -101,17 +109,17 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         res["inception"] = inc.info
     for nfe in cfg["nfe"]:
         grid = solvers.sample_grid(nfe, K)
-        samp = partial(_map, student_b, grid)
+        samp = partial(on_device, partial(_map, student, grid), dev=dev, batch_size=bs)
         s = spec.Samples(samp(z), z, x_teacher, x_data, samp, student_b, grid, fd, inc)
         res["nfe"][str(nfe)] = spec.sample_metrics(s, cfg)
-        yt = solvers.euler_sample(teacher_b, z, solvers.sample_grid(nfe, 1))
+        yt = on_device(partial(solvers.euler_sample, teacher, grid=solvers.sample_grid(nfe, 1)),
+                       z, dev, bs)
         res["teacher_euler"][str(nfe)] = sample_metrics(yt, z, x_teacher, x_data, cfg, fd=fd,
                                                         inc=inc)
         saved.add(nfe, s, yt)
         log.info("evaluate: NFE %d: paired W2 %.4f, W2(data) %.4f", nfe,
                  res["nfe"][str(nfe)]["w2_paired_teacher"], res["nfe"][str(nfe)]["w2_data"])
-    ceiling = solvers.solve(teacher_b, z, [0.0, 1.0], cfg["teacher_steps"],
-                            cfg["teacher_solver"])[-1]
+    ceiling = teacher_ceiling(teacher, teacher_b, z, cfg, dev)
     res["teacher_ceiling"] = {"solver": cfg["teacher_solver"], "steps": cfg["teacher_steps"],
                               **sample_metrics(ceiling, z, x_teacher, x_data, cfg, fd=fd,
                                                inc=inc)}
@@ -128,22 +136,45 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
     if cfg["logdet"]["enabled"]:
         res["logdet"] = logdet_section(cfg, student_b, test_ends, K)
-    res["heldout_tm_loss"] = losses.heldout_tm_loss(student_b, test_ends, K,
-                                                    generator(cfg["seed"], "heldout"))
+    res["heldout_tm_loss"] = losses.heldout_tm_loss(
+        student, test_ends, K, generator(cfg["seed"], "heldout"),
+        n_t=cfg["heldout_times"], batch=bs, device=dev)
     write_json(out_path, res)
     log.info("evaluate: wrote %s", out_path)
     return res
 
 
+def on_device(fn, z: torch.Tensor, dev: torch.device, batch_size: int | None) -> torch.Tensor:
+    """``fn`` (a sampler: row-wise in ``z``) applied on ``dev`` to chunks of ``batch_size``
+    rows of ``z``, the results back where ``z`` is; ``fn(z)`` itself for ``batch_size=None``
+    with ``z`` on ``dev``. Every network call inside sees the rows it would see under
+    ``Batched`` (same chunks), and the solver steps are row-wise: the same numbers.
+    Differentiable in ``z`` (the fold fraction takes Jacobians through it)."""
+    if batch_size is None and z.device == dev:
+        return fn(z)
+    bs = batch_size or z.shape[0]
+    return torch.cat([fn(z[i: i + bs].to(dev)).to(z.device) for i in range(0, z.shape[0], bs)])
+
+
+def teacher_ceiling(teacher, teacher_b, z, cfg, dev) -> torch.Tensor:
+    """The teacher's many-step endpoint: a fixed-step solve on ``dev`` chunk by chunk, or the
+    adaptive ``dopri5`` over the whole batch (its steps depend on every row) with the network
+    in chunks (``teacher_b``)."""
+    steps, method = cfg["teacher_steps"], cfg["teacher_solver"]
+    if method == "dopri5":
+        return solvers.solve(teacher_b, z, [0.0, 1.0], steps, method)[-1]
+    return on_device(lambda x: solvers.solve(teacher, x, [0.0, 1.0], steps, method)[-1], z, dev,
+                     cfg.get("batch_size"))
+
+
 class Batched(torch.nn.Module):
-    """``model(x, t)`` evaluated on ``dev`` in chunks of ``batch_size`` rows; inputs and
-    outputs stay where the caller keeps them (CPU). Differentiable (the fold fraction takes
-    Jacobians through it). ``batch_size=None`` on the model's own device calls it directly."""
+    """``model(x, t)`` evaluated on ``dev`` (where ``model`` is) in chunks of ``batch_size``
+    rows; inputs and outputs stay where the caller keeps them (CPU). Differentiable.
+    ``batch_size=None`` on the model's own device calls it directly."""
 
     def __init__(self, model, dev: torch.device, batch_size: int | None):
         super().__init__()
-        self.model = model if dev.type == "cpu" else copy.deepcopy(model).to(dev)
-        self.dev, self.batch_size = dev, batch_size
+        self.model, self.dev, self.batch_size = model, dev, batch_size
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.batch_size is None and self.dev == x.device:

@@ -4,6 +4,11 @@ Vanilla (K = 1) or piecewise (K windows, one network for all): uniform/U-shaped/
 t, the window's straight target between the teacher states at its ends; optionally the
 window-start term (the baseline of every comparison, docs/math.md) and the
 marginal-alignment regularizer (``regularizer.weight > 0``).
+
+Under ``train.data_on_device`` (``auto``: on CUDA) the couplings' window ends live on the
+device and every draw of a step comes from a generator there. The stage evaluates nothing:
+the held-out trajectory-matching loss is the evaluate stage's (``heldout_tm_loss`` in
+eval.json).
 """
 
 from __future__ import annotations
@@ -17,15 +22,25 @@ from pathlib import Path
 import torch
 
 from reflowma import models, objectives
-from reflowma.core import interpolant, losses
+from reflowma.core import interpolant
 from reflowma.core.seeding import derive, device, fingerprint, generator
 from reflowma.infra import distributed as ddp
 from reflowma.infra.storage.atomic import write_json
-from reflowma.infra.storage.checkpoint import save_model
+from reflowma.infra.storage.checkpoint import cpu_state_dict, save_model
 from reflowma.infra.storage.couplings import Couplings
 from reflowma.registry import InputError
 from reflowma.stages.common import check_same_data, load_model
-from reflowma.training.loop import fit
+from reflowma.training.loop import (
+    ChannelsLastInputs,
+    autocast,
+    check_amp,
+    check_channels_last,
+    fit,
+    identity,
+    make_optimizer,
+    on_accelerator,
+    optimizer_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +68,26 @@ def planned_steps(budget_s: float, pace_s: float, margin: float = EQUAL_TIME_MAR
 
 
 def measure_pace(model, loss_fn, tr: dict, seed: int, steps: int = PACE_STEPS,
-                 warmup: int = PACE_WARMUP) -> float:
+                 warmup: int = PACE_WARMUP, draws_on: torch.device | None = None) -> float:
     """Seconds per optimizer step of ``loss_fn`` (forward, backward, clipping, Adam) on a
-    throwaway copy of ``model`` with a generator of its own: the run's weights and random
-    stream are untouched. The first ``warmup`` steps (lazy initialisation) are not timed."""
+    throwaway copy of ``model`` with a generator of its own on ``draws_on`` (the CPU if None):
+    the run's weights and random stream are untouched. The run's optimizer, amp and
+    channels-last settings apply (not ``compile``: its compile time is no step's). The first
+    ``warmup`` steps (lazy initialisation) are not timed."""
     import copy
 
-    from reflowma.training.loop import autocast, optimizer_step
-
     m = copy.deepcopy(model)
-    opt = torch.optim.Adam(m.parameters(), lr=tr["lr"])
-    g = generator(seed, "reflow-pace")
+    net = m
+    if tr.get("channels_last"):
+        net = ChannelsLastInputs(m.to(memory_format=torch.channels_last))
+    opt = make_optimizer(m, tr)
+    g = generator(seed, "reflow-pace", device=draws_on)
     t0 = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
         with autocast(tr.get("amp", "none"), m):
-            loss, _ = loss_fn(m, i, g)
+            loss, _ = loss_fn(net, i, g)
         optimizer_step(m, opt, loss, tr["grad_clip"])
     float(loss.detach())  # waits for the device
     return (time.perf_counter() - t0) / steps
@@ -141,20 +159,26 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     out = Path(out_dir)
     dev = device(cfg["device"])
     ddp.init(dev)
-    dev, ws = ddp.local_device(dev), ddp.world_size()
+    dev, world = ddp.local_device(dev), ddp.world_size()
+    check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     teacher, meta, sha, C, ends = check_inputs(cfg, couplings_path, teacher_path, dev)
-    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     K, shape = cfg["K"], tuple(meta["data_shape"])
+    check_channels_last(cfg["train"], shape, "reflow")
     torch.manual_seed(derive(cfg["seed"], "student-init"))
     student = models.build(shape, cfg["net"]).to(dev)
     if cfg["init"] == "teacher":
         student.load_state_dict(teacher.state_dict())
     student.requires_grad_(True).train()
-    g = generator(cfg["seed"], "reflow-train", K, *(("rank", ddp.rank()) if ws > 1 else ()))
     tr, reg = cfg["train"], cfg["regularizer"]
+    # the window ends and every draw on the device, or both on the CPU (batches copied over)
+    draws_on = dev if on_accelerator(tr.get("data_on_device", "auto"), dev) else None
+    if draws_on is not None:
+        ends = ends.to(draws_on)
+    g = generator(cfg["seed"], "reflow-train", K, *(("rank", ddp.rank()) if world > 1 else ()),
+                  device=draws_on)
     N = ends.shape[0]
     local = cfg  # the objectives see this rank's share of each batch
-    if ws > 1:
+    if world > 1:
         local = {**cfg, "train": {**tr, "batch_size": ddp.shard_batch(
                      tr["batch_size"], "reflow.train.batch_size")},
                  "regularizer": {**reg, "batch_size": ddp.shard_batch(
@@ -164,40 +188,38 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     log.info("reflow: K=%d, %d couplings, window-start weight %g, regularizer weight %g (%s)",
              K, N, cfg["window_start_weight"], reg["weight"],
              reg["logdet"] if reg["discrepancy"] == "reverse_kl" else reg["discrepancy"])
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
     plan = None
     if plan_steps and tr.get("time_budget_s"):
         plan = time_plan(out, tr["time_budget_s"], lambda: measure_pace(
-            student, loss_fn, tr, cfg["seed"]))
+            student, loss_fn, tr, cfg["seed"], draws_on=draws_on))
         tr = {**tr, "steps": plan["steps"]}
         cfg = {**cfg, "train": tr}
         loss_fn = objectives.build(local | {"train": {**local["train"], "steps": tr["steps"]}},
                                    objectives.Context(ends, K, dev, teacher, tr["steps"]))
-    fp = fingerprint(cfg, sha, C.attrs["times"])
+    fp = fingerprint(identity(cfg), sha, C.attrs["times"])
     t0 = time.perf_counter()
     info = {}
     ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log,
                        info)
     seconds = time.perf_counter() - t0
-    scale = {"world_size": ws, "batch_per_rank": local["train"]["batch_size"]}
+    scale = {"world_size": world, "batch_per_rank": local["train"]["batch_size"]}
     if not ddp.is_main():
         return scale
-    test_ends = load_ends(C, "test", K)
-    heldout = losses.heldout_tm_loss(ema.cpu(), test_ends, K, generator(cfg["seed"], "heldout"))
     smeta = {"net": cfg["net"], "data_shape": list(shape), "data": meta["data"], "K": K,
              "teacher_sha256": sha, "fingerprint": fp}
-    ssha = save_model(out / "student.pt", "student", ema.state_dict(), smeta)
+    ssha = save_model(out / "student.pt", "student", cpu_state_dict(ema), smeta)
     (out / "state.pt").unlink(missing_ok=True)
     (out / PLAN_FILE).unlink(missing_ok=True)
     # steps: the planned count (the LR schedule's span); steps_done: those trained (fewer when
     # a time budget ended the run); train_seconds: the step loop's time over all resumes
     # (seconds: this process's, fit's set-up included)
-    metrics = {"heldout_tm_loss": heldout,
-               "final_loss": history[-1]["loss"] if history else float("nan"),
+    metrics = {"final_loss": history[-1]["loss"] if history else float("nan"),
                "steps": tr["steps"], "steps_done": info["steps_done"],
                "train_seconds": info["train_seconds"], "time_budget_s": info["time_budget_s"],
                "stopped_by": info["stopped_by"], "seconds": seconds,
                "seconds_per_step": info["train_seconds"] / max(info["steps_done"], 1),
                "sha256": ssha, **scale, **({"time_plan": plan} if plan else {})}
     write_json(out / "metrics.json", {"metrics": metrics, "history": history})
-    log.info("reflow: held-out TM loss %.4f, wrote %s", heldout, out / "student.pt")
+    log.info("reflow: final loss %.4g, wrote %s", metrics["final_loss"], out / "student.pt")
     return metrics

@@ -62,6 +62,15 @@ def save_model(path: str | Path, kind: str, state_dict: dict, meta: dict) -> str
     return sha256(path)
 
 
+def cpu_state_dict(module: torch.nn.Module) -> dict:
+    """``module.state_dict()`` with every tensor copied to the CPU (the module stays on its
+    device): model files do not depend on the device that trained them."""
+    state = module.state_dict()  # its _metadata attribute is part of the file: kept
+    for k, v in state.items():
+        state[k] = v.cpu()
+    return state
+
+
 def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
     """``load_state_dict`` with a readable message on an architecture mismatch."""
     try:
