@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch.func import jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def batch_jacobian(y: torch.Tensor, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
@@ -32,9 +33,11 @@ def velocity_jvp(v, x: torch.Tensor, t: torch.Tensor, tangents: torch.Tensor):
     ``[n, B, *data]`` for tangents ``[n, B, *data]`` (forward mode, one pass for all n).
 
     Uses ``v.jvp(x, t, tangents)`` when the network has one (an explicit tangent pass, cheaper
-    than the generic transform), else ``torch.func.jvp`` under ``vmap`` over the tangents. Both
-    stay differentiable for the parameters (ordinary autograd records the tangent pass), so a
-    loss on the products backpropagates without any double backward.
+    than the generic transform), else ``torch.func.jvp`` under ``vmap`` over the tangents, with
+    attention on the math backend (the fused ``scaled_dot_product_attention`` kernels have no
+    forward-mode derivative). Both stay differentiable for the parameters (ordinary autograd
+    records the tangent pass), so a loss on the products backpropagates without any double
+    backward.
     """
     own = getattr(v, "jvp", None)
     if own is not None:
@@ -44,7 +47,8 @@ def velocity_jvp(v, x: torch.Tensor, t: torch.Tensor, tangents: torch.Tensor):
     def push(u):
         return jvp(lambda z: v(z, t), (x,), (u,))
 
-    return vmap(push, out_dims=(None, 0))(tangents)
+    with sdpa_kernel(SDPBackend.MATH):
+        return vmap(push, out_dims=(None, 0))(tangents)
 
 
 def forward_jacobian(v, x: torch.Tensor, t: torch.Tensor):
