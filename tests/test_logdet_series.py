@@ -223,3 +223,26 @@ def test_logdet_gaps_per_window_of_a_student():
         ref = torch.linalg.slogdet(torch.eye(16, dtype=DT) + J / K)[1].mean()
         assert w["h"] == 0.5 and w["exact"] == pytest.approx(float(ref), rel=1e-10)
         assert w["n_points"] == 4 and w["n_probes"] == 3
+
+
+def test_series_order_changes_only_the_series_students_fingerprint():
+    """``regularizer.series_order`` is read by ``logdet: series`` only: the other modes'
+    fingerprints (resume state, student file) are those of a config without the field."""
+    from reflowma.core.seeding import fingerprint
+    from reflowma.infra import config
+    from reflowma.stages.reflow import reflow_identity
+    from reflowma.training.loop import identity
+
+    cfg = config.stage_config("reflow", "toy")
+
+    def fp(logdet, order=None):
+        reg = {**cfg["regularizer"], "logdet": logdet}
+        if order is None:
+            reg.pop("series_order")
+        else:
+            reg["series_order"] = order
+        return fingerprint(reflow_identity({**cfg, "regularizer": reg}), "sha", [0.0, 1.0])
+
+    assert fp("exact", 2) == fp("exact", 5) == fp("exact")
+    assert fp("series", 2) != fp("series", 3)
+    assert reflow_identity(cfg)["regularizer"] != identity(cfg)["regularizer"]
