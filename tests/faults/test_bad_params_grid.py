@@ -100,6 +100,11 @@ CASES = [
     # evaluate would sample more than the couplings hold (it used to clamp silently)
     ("evaluate-more-samples-than-test-couplings", _set("p.evaluate.n_samples", 1000),
      "evaluate.n_samples", ["1000 is more than couplings.n_test = 128"]),
+    ("logdet-more-points-than-test-couplings",
+     _set("p.evaluate.logdet", {"enabled": True, "n_points": 500}),
+     "evaluate.logdet.n_points", ["500 is more than couplings.n_test = 128"]),
+    ("logdet-series-order-zero", _set("p.reflow.regularizer.series_order", 0),
+     "reflow.regularizer.series_order", ["0"]),
     # missing or unreadable files
     ("missing-preset-file", _set("p", MISSING), "params", ["preset.yaml", "does not exist"]),
     ("missing-grid-file", _set("g", MISSING), "grid", ["grid.yaml", "does not exist"]),

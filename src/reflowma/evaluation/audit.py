@@ -68,8 +68,13 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
 
     ``z``: noise ``[N, *data]``; the student samples with the window-aware Euler grid
     ``solvers.sample_grid(nfe, K)``. ``cfg_audit``: ``logp_steps`` (RK4 steps of the teacher
-    CNF), ``knn_k``, ``max_dim`` (exact divergence and change of variables up to this d; above
-    it only ``kl_knn`` with a Hutchinson CNF density). ``data_logp(y)``, if given, is an exact
+    CNF), ``knn_k``, ``max_dim`` (change of variables, so ``kl_exact``/``tv``, up to this d;
+    above it only ``kl_knn``), ``divergence_max_dim`` (exact divergence in the teacher's CNF up
+    to this d, None: ``max_dim``; above it Hutchinson with ``probes`` Rademacher probes fixed
+    along each path: unbiased for log p, and with ``probes`` > 1 each row gets ``logp_se``, the
+    root mean square of the per-sample standard errors of the teacher's log-density at the
+    samples; ``kl_exact`` (``E_q[r - 1 - log r]``) is then biased up by about ``logp_se² / 2``,
+    ``kl_exact_logratio`` is not). ``data_logp(y)``, if given, is an exact
     data log-density: KL/TV against the data are added. ``teacher_samples`` (teacher endpoints,
     e.g. from the couplings) adds ``teacher_kl_knn``, the kNN estimator's value for the teacher
     itself (ideally 0: its bias floor). The kNN entropy is strongly biased in high dimension
@@ -80,11 +85,15 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
     dev = _device(s64)
     z = z.detach().to(dev).double()
     steps, k, max_dim = int(cfg_audit["logp_steps"]), int(cfg_audit["knn_k"]), cfg_audit["max_dim"]
+    div_max, probes = divergence_settings(cfg_audit)
     exact = _dim(z) <= max_dim
     g = generator if generator is not None else torch.Generator().manual_seed(0)
 
+    hutch = _dim(z) > div_max
     out = {"nfe": {}, "knn_k": k, "logp_steps": steps,
-           "divergence": "exact" if exact else "hutchinson", "change_of_variables": exact}
+           "divergence": "hutchinson" if hutch else "exact", "change_of_variables": exact}
+    if hutch:
+        out["probes"] = probes
     ends = {}  # nfe -> (y, logq, fold)
     for nfe in nfes:
         grid = solvers.sample_grid(int(nfe), K)
@@ -95,13 +104,16 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
             ends[nfe] = (solvers.euler_sample(s64, z, grid), None, None)
     xt = None if teacher_samples is None else teacher_samples.detach().to(dev).double()
     # the teacher's density at every NFE's endpoints and at its own samples: one integration
-    lps = density.cnf_logp_many(t64, [y for y, _, _ in ends.values()]
-                                + ([] if xt is None else [xt]), 1.0, steps,
-                                exact_max_dim=max_dim, generator=g)
-    for (nfe, (y, logq, fold)), lp in zip(ends.items(), lps[:len(ends)], strict=True):
+    lps, ses = density.cnf_logp_many(t64, [y for y, _, _ in ends.values()]
+                                     + ([] if xt is None else [xt]), 1.0, steps,
+                                     exact_max_dim=div_max, probes=probes, generator=g, se=True)
+    for i, ((nfe, (y, logq, fold)), lp) in enumerate(zip(ends.items(), lps[:len(ends)],
+                                                         strict=True)):
         row = {"kl_knn": _num(density.kl_knn(y, lp, k)), "fold_fraction": fold,
                "valid": bool(exact and fold == 0.0), "kl_exact": None,
                "kl_exact_logratio": None, "tv": None}
+        if ses is not None:
+            row["logp_se"] = _rms(ses[i])
         if exact:
             row["kl_exact"] = _num(density.kl_from_logratio(logq, lp))
             row["kl_exact_logratio"] = _num(density.kl_logratio(logq, lp))
@@ -119,6 +131,17 @@ def marginal_audit(student, teacher, z: torch.Tensor, K: int, nfes, cfg_audit: d
     return out
 
 
+def divergence_settings(cfg_audit: dict) -> tuple[int, int]:
+    """(largest d with the exact CNF divergence, Hutchinson probes above it) of an audit
+    config: ``divergence_max_dim`` (None or absent: ``max_dim``) and ``probes`` (absent: 1)."""
+    div = cfg_audit.get("divergence_max_dim")
+    return int(cfg_audit["max_dim"] if div is None else div), int(cfg_audit.get("probes", 1))
+
+
+def _rms(se: torch.Tensor) -> float:
+    return float(se.double().pow(2).mean().sqrt())
+
+
 def _windows(x_k_by_window, K: int) -> list[torch.Tensor]:
     if torch.is_tensor(x_k_by_window):  # window ends [N, K + 1, *data]
         if x_k_by_window.shape[1] != K + 1:
@@ -133,7 +156,8 @@ def _windows(x_k_by_window, K: int) -> list[torch.Tensor]:
 
 def local_window_audit(student, teacher, x_k_by_window, K: int, steps: int,
                        max_dim: int = 16, knn_k: int = 5,
-                       generator: torch.Generator | None = None) -> dict:
+                       generator: torch.Generator | None = None,
+                       divergence_max_dim: int | None = None, probes: int = 1) -> dict:
     """Per window k: the student's Euler step ``y = x + h v(x, t_k)`` on teacher states
     ``x ~ p_{t_k}``, against the teacher marginal ``p_{t_{k+1}}``.
 
@@ -143,7 +167,8 @@ def local_window_audit(student, teacher, x_k_by_window, K: int, steps: int,
     teacher CNF log-density at ``t_k`` (exactly ``log N(x)`` at t = 0); the target is the
     teacher CNF log-density at ``t_{k+1}`` (at t = 1 too: the CNF is fine there, only the score
     is singular). ``kl``/``tv`` need d <= max_dim and are exact only where no point folds
-    (``valid``); ``kl_knn`` needs neither.
+    (``valid``); ``kl_knn`` needs neither. ``divergence_max_dim``, ``probes``: the teacher
+    CNF's divergence, as in ``marginal_audit``.
     """
     s64, t64 = _f64(student), _f64(teacher)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -165,11 +190,15 @@ def local_window_audit(student, teacher, x_k_by_window, K: int, steps: int,
         sets.setdefault(t1, []).append((("y", k), y))
         if exact:
             sets.setdefault(t0, []).append((("x", k), xs[k]))
-    lp = {}
+    div_max = max_dim if divergence_max_dim is None else divergence_max_dim
+    lp, se = {}, {}
     for t, items in sets.items():
-        vals = density.cnf_logp_many(t64, [pts for _, pts in items], t, _cnf_steps(steps, t),
-                                     exact_max_dim=max_dim, generator=g)
+        vals, ses = density.cnf_logp_many(t64, [pts for _, pts in items], t,
+                                          _cnf_steps(steps, t), exact_max_dim=div_max,
+                                          probes=probes, generator=g, se=True)
         lp.update({key: val for (key, _), val in zip(items, vals, strict=True)})
+        if ses is not None:
+            se.update({key: val for (key, _), val in zip(items, ses, strict=True)})
     rows = []
     for k, (t0, t1, y, ld, fold) in enumerate(maps):
         lp1 = lp["y", k]
@@ -177,6 +206,8 @@ def local_window_audit(student, teacher, x_k_by_window, K: int, steps: int,
                "valid": bool(exact and fold == 0.0), "kl": None, "kl_logratio": None,
                "tv": None,
                "kl_knn": _num(density.kl_knn(y, lp1, knn_k))}
+        if ("y", k) in se:
+            row["logp_se"] = _rms(se["y", k])
         if exact:
             logq = lp["x", k] - ld
             row["kl"] = _num(density.kl_from_logratio(logq, lp1))

@@ -37,9 +37,11 @@ def std_normal_logp(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (zf.pow(2).sum(-1) + zf.shape[1] * LOG2PI)
 
 
-def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
+def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None,
+                per_probe: bool = False):
     """(v(x, t), div_x v): exact if ``probes`` is None, else the Hutchinson mean over the given
-    Rademacher probes ``[P, *x.shape]``.
+    Rademacher probes ``[P, *x.shape]``; ``per_probe`` adds each probe's estimate ``[P, B]``
+    (Hutchinson only).
 
     Exact: forward mode by the network's own tangent pass where it has one (``v.jvp``, e.g.
     the MLP: one primal pass, the d unit tangents in one product per layer), else one forward
@@ -59,51 +61,67 @@ def _divergence(v, x: torch.Tensor, t: float, probes: torch.Tensor | None):
             return vx.detach(), div.detach()
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         P = probes.shape[0]
+        parts = []
         for p in range(P):
             e = probes[p].reshape(vx.shape)
             g = torch.autograd.grad((vx * e).sum(), xg, retain_graph=p < P - 1)[0]
-            div = div + _flat(g * e).sum(-1)
+            parts.append(_flat(g * e).sum(-1).detach())
+            div = div + parts[-1]
+    if per_probe:
+        return vx.detach(), (div / P).detach(), torch.stack(parts)
     return vx.detach(), (div / P).detach()
 
 
-def _rk4_logp(v, x: torch.Tensor, t1: float, n: int, probes: torch.Tensor | None):
-    """``log p_t1(x)`` by ``n`` RK4 steps of ``(x, I)`` backwards from t1 to 0 (see cnf_logp)."""
+def _rk4_logp(v, x: torch.Tensor, t1: float, n: int, probes: torch.Tensor | None,
+              se: bool = False):
+    """``log p_t1(x)`` by ``n`` RK4 steps of ``(x, I)`` backwards from t1 to 0 (see cnf_logp).
+    ``se`` (Hutchinson with P > 1 probes): also the per-sample standard error of that estimate,
+    the spread of the P single-probe integrals over sqrt(P) (None otherwise)."""
     h = -float(t1) / n
     times = [float(t1) * (n - i) / n for i in range(n + 1)]  # exact t1 ... 0
+    per = se and probes is not None and probes.shape[0] > 1
+    acc_p = 0.0  # each probe's integral (per)
 
     def f(xs, t):
-        return _divergence(v, xs, t, probes)
+        return _divergence(v, xs, t, probes, per_probe=True) if per else \
+            (*_divergence(v, xs, t, probes), None)
 
     acc = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for i in range(n):
         t, tn = times[i], times[i + 1]
         tm = 0.5 * (t + tn)
-        k1, a1 = f(x, t)
-        k2, a2 = f(x + 0.5 * h * k1, tm)
-        k3, a3 = f(x + 0.5 * h * k2, tm)
-        k4, a4 = f(x + h * k3, tn)
+        k1, a1, p1 = f(x, t)
+        k2, a2, p2 = f(x + 0.5 * h * k1, tm)
+        k3, a3, p3 = f(x + 0.5 * h * k2, tm)
+        k4, a4, p4 = f(x + h * k3, tn)
         x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         # dI/dt = -div v  =>  I(t + h) = I(t) - h * mean(div)
         acc = acc - h / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
-    return std_normal_logp(x) - acc
+        if per:
+            acc_p = acc_p - h / 6 * (p1 + 2 * p2 + 2 * p3 + p4)
+    logp = std_normal_logp(x) - acc
+    if not se:
+        return logp
+    return logp, (acc_p.std(0) / math.sqrt(acc_p.shape[0]) if per else None)
 
 
 def cnf_logp_many(v, xs, t1: float = 1.0, steps: int = 100, exact_max_dim: int = 16,
                   probes: int = 1, generator: torch.Generator | None = None,
-                  chunk: int = 2048) -> list[torch.Tensor]:
+                  chunk: int = 2048, se: bool = False):
     """``cnf_logp`` of several point sets ``xs`` (each ``[N_j, *data]``) that share ``t1``,
     integrated as one batch (concatenated, then in chunks of ``chunk`` rows); returns one
-    ``[N_j]`` tensor per set.
+    ``[N_j]`` tensor per set. ``se``: returns ``(log-densities, standard errors)``, the second
+    a list of per-sample standard errors of the Hutchinson estimate (its P single-probe
+    integrals' spread over sqrt(P)), or None (exact divergence, or one probe).
 
     Equals ``[cnf_logp(v, x, t1, ...) for x in xs]`` with the same generator: the Hutchinson
     probes are drawn set by set and chunk by chunk of each set, in that order, exactly as the
     separate calls draw them (each row keeps its probe, whatever chunk it is integrated in).
     """
     xs = [x.detach() for x in xs]
-    if t1 <= 0:
-        return [std_normal_logp(x) for x in xs]
-    if not xs:
-        return []
+    if t1 <= 0 or not xs:
+        out = [std_normal_logp(x) for x in xs]
+        return (out, None) if se else out
     d = _flat(xs[0]).shape[1]
     exact = d <= exact_max_dim
     pr = None
@@ -113,10 +131,16 @@ def cnf_logp_many(v, xs, t1: float = 1.0, steps: int = 100, exact_max_dim: int =
                         for x in xs for lo in range(0, x.shape[0], chunk)], dim=1)
     x_all = torch.cat(xs)
     n = max(1, int(steps))
-    out = torch.cat([_rk4_logp(v, x_all[lo: lo + chunk], t1, n,
-                               None if pr is None else pr[:, lo: lo + chunk])
-                     for lo in range(0, x_all.shape[0], chunk)])
-    return list(out.split([x.shape[0] for x in xs]))
+    sizes = [x.shape[0] for x in xs]
+    parts = [_rk4_logp(v, x_all[lo: lo + chunk], t1, n,
+                       None if pr is None else pr[:, lo: lo + chunk], se=se)
+             for lo in range(0, x_all.shape[0], chunk)]
+    if not se:
+        return list(torch.cat(parts).split(sizes))
+    out = list(torch.cat([lp for lp, _ in parts]).split(sizes))
+    if parts[0][1] is None:
+        return out, None
+    return out, list(torch.cat([e for _, e in parts]).split(sizes))
 
 
 def cnf_logp(v, x1: torch.Tensor, t1: float = 1.0, steps: int = 100, exact_max_dim: int = 16,

@@ -337,6 +337,10 @@ def stage_configs(preset: dict, grid: dict, points: list[Point]) -> dict:
                 raise config.ConfigError("evaluate.n_samples", f"{ev['n_samples']} is more than "
                                          f"couplings.n_test = {cp['n_test']}, the test couplings "
                                          f"it evaluates on; allowed: <= {cp['n_test']}")
+            if ev["logdet"]["enabled"] and ev["logdet"]["n_points"] > cp["n_test"]:
+                raise config.ConfigError("evaluate.logdet.n_points", f"{ev['logdet']['n_points']}"
+                                         f" is more than couplings.n_test = {cp['n_test']}; "
+                                         f"allowed: <= {cp['n_test']}")
             out[("evaluate", (dataset, seed))] = ev
             if ev.get("fd_classifier"):  # the classifier job exists only where it is used
                 out[("classifier", (dataset, seed))] = config.stage_config("classifier", p, base)

@@ -46,7 +46,7 @@ class SharedWindowStart(Term):
         x, target, tk = interpolant.window_start_pair(ends[b], k, K)
         x, vx, ld, det = marginal.pushforward(eager(v), x.to(dev), tk.to(dev), 1.0 / K,
                                               opt["logdet"], opt["fold_delta"], opt["n_probes"],
-                                              generator)
+                                              generator, opt.get("series_order", 2))
         ws_value = losses.distance(vx, target.to(dev), ws.distance, ws.huber_c).mean()
         reg_value, stats = marginal.alignment(reg.score, x, vx, ld, det, k.to(dev), K,
                                               eps=opt["eps"], rescale_end=opt["rescale_end"])

@@ -17,6 +17,8 @@ writes
 * ``missing.json``: expected jobs with no completed run and why;
 * ``claims.md``, ``claims.html`` and ``claims.json``: each claim of the paper, its evidence and
   a computed verdict with the power of its tests (``reflowma.report.claims``);
+* evaluations with ``evaluate.logdet.enabled``: ``tables/<dataset>_logdet.{md,csv}`` (also in
+  all.md): the log-det of the window map against its approximations (``reflowma.report.logdet``);
 * grids with ``equal_time: true``: ``tables/<dataset>_equal_time.{md,csv}`` (also in all.md)
   and ``equal_time.json``: each regularized point against its control at equal steps and at
   equal time, and whether the regularizer is worth its cost (``reflowma.report.equal_time``).

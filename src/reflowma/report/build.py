@@ -18,6 +18,7 @@ from reflowma.report import (
     collect,
     equal_time,
     layout,
+    logdet,
     markdown,
     render,
     webpage,
@@ -148,6 +149,8 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
             section(f"{ds}/equal_time", equal_time.markdown_text(ds, f), f.to_csv(index=False))
         write_json(out_dir / "equal_time.json",
                    jsonable({"rule": equal_time.RULE, "points": comparisons}))
+    for ds, t, md in logdet.tables(runs):  # evaluations with evaluate.logdet.enabled
+        section(f"{ds}/logdet", md, t.to_csv(index=False))
     all_md = head(runs, runs_dir, miss) + "\n" + "\n".join(md_all)
     put(tdir / "all.md", all_md)
     put(tdir / "all.html", webpage.page(all_md, "reflowma report: tables"))

@@ -83,6 +83,11 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
         raise InputError(f"evaluate.n_samples: {n} is more than the {C.counts['test']} test "
                          f"couplings in {str(couplings_path)!r}; set n_samples <= "
                          f"{C.counts['test']} or regenerate the couplings with n_test >= {n}")
+    n_ld = cfg["logdet"]["n_points"]
+    if cfg["logdet"]["enabled"] and n_ld > C.counts["test"]:
+        raise InputError(f"evaluate.logdet.n_points: {n_ld} is more than the "
+                         f"{C.counts['test']} test couplings in {str(couplings_path)!r}; set "
+                         f"n_points <= {C.counts['test']}")
     test = torch.from_numpy(C.states("test", n=n))
     z, x_teacher = test[:, 0], test[:, -1]
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
@@ -130,6 +135,8 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
     test_ends = load_ends(C, "test", K)
     if cfg["audit"]["enabled"]:
         res["audit"] = audit_section(cfg, student, teacher, z, x_teacher, test_ends[:n], K)
+    if cfg["logdet"]["enabled"]:
+        res["logdet"] = logdet_section(cfg, student_b, test_ends, K)
     res["heldout_tm_loss"] = losses.heldout_tm_loss(
         student, test_ends, K, generator(cfg["seed"], "heldout"),
         n_t=cfg["heldout_times"], batch=bs, device=dev)
@@ -275,8 +282,9 @@ SCORE_ERROR_TS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
-    """Marginal audit (docs/math.md): per-NFE KL/TV against the teacher's CNF density,
-    local per-window KL/TV on the test couplings' window ends, the telescoping TV bound, and for
+    """Marginal audit (docs/math.md): per-NFE KL/TV against the teacher's CNF density (at
+    ``audit.nfe`` and K; null: every ``nfe``), with ``audit.local`` the local per-window KL/TV
+    on the test couplings' window ends and the telescoping TV bound, and for
     datasets with an exact density (8gaussians) KL/TV against it and, for a Gaussian mixture,
     the teacher's score error vs t. Both come from the dataset object that samples the data."""
     from reflowma.evaluation import audit
@@ -290,21 +298,43 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     g = generator(cfg["seed"], "audit")
     ds = data.dataset(cfg["data"])
     mix = getattr(ds, "mixture", None)
-    nfes = sorted(set(cfg["nfe"]) | {K})
+    nfes = sorted(set(cfg["nfe"] if a.get("nfe") is None else a["nfe"]) | {K})
     marg = audit.marginal_audit(student, teacher, z, K, nfes, a,
                                 data_logp=data.exact_log_prob(ds),
                                 teacher_samples=x_teacher, generator=g)
-    local = audit.local_window_audit(student, teacher, ends, K, a["logp_steps"], a["max_dim"],
-                                     a["knn_k"], generator=g)
     final = marg["nfe"][str(K)]
-    out = {"marginal": marg, "local": local,
-           "telescoping": audit.telescoping(final["tv"], local["windows"], final["kl_exact"])}
+    out = {"marginal": marg}
+    if a.get("local", True):
+        div_max, probes = audit.divergence_settings(a)
+        local = audit.local_window_audit(student, teacher, ends, K, a["logp_steps"],
+                                         a["max_dim"], a["knn_k"], generator=g,
+                                         divergence_max_dim=div_max, probes=probes)
+        out["local"] = local
+        out["telescoping"] = audit.telescoping(final["tv"], local["windows"],
+                                               final["kl_exact"])
     if mix is not None:
         out["score_error"] = audit.score_error_vs_t(teacher, mix, SCORE_ERROR_TS, z.shape[0],
                                                     generator(cfg["seed"], "audit-score"))
     log.info("evaluate: audit: KL(student || teacher), kNN estimate, per NFE: %s",
              ", ".join(f"NFE {k}: {v.get('kl_knn'):.4g}" if v.get("kl_knn") is not None
                        else f"NFE {k}: n/a" for k, v in marg["nfe"].items()))
+    return out
+
+
+def logdet_section(cfg, student_b, ends, K) -> dict:
+    """The log-det gap of the regularizer's approximations (``evaluation.logdet_gap``) at the
+    first ``logdet.n_points`` test couplings' window starts, on the student's device."""
+    from reflowma.evaluation import logdet_gap
+
+    c = cfg["logdet"]
+    out = logdet_gap.logdet_gaps(student_b.model, ends[: c["n_points"]], K, c["n_probes"],
+                                 c["series_orders"], generator(cfg["seed"], "logdet"),
+                                 rows=cfg.get("batch_size"), dev=student_b.dev)
+    for w in out["windows"]:
+        e = w["estimators"]
+        log.info("evaluate: log-det window %d: exact %.4g, first order %.4g (gap %.3g), "
+                 "spectral radius median %.3g", w["k"], w["exact"], e["first_order"]["mean"],
+                 e["first_order"]["gap_rel"] or float("nan"), w["spectral_radius_median"])
     return out
 
 

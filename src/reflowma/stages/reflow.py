@@ -165,6 +165,17 @@ def time_plan(out: Path, budget_s: float, pace) -> dict:
     return plan
 
 
+def reflow_identity(cfg: dict) -> dict:
+    """``identity`` of a reflow config without ``regularizer.series_order`` where no mode reads
+    it (``logdet`` other than ``series``): the field changes no student of the other modes, so
+    neither their resume state nor their model file."""
+    ident = identity(cfg)
+    reg = ident["regularizer"]
+    if reg.get("logdet") != "series":
+        ident["regularizer"] = {k: v for k, v in reg.items() if k != "series_order"}
+    return ident
+
+
 def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
         plan_steps: bool = False) -> dict:
     """Train a student; writes ``student.pt`` (EMA weights) and ``metrics.json`` in out_dir.
@@ -213,7 +224,7 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
         cfg = {**cfg, "train": tr}
         loss_fn = objectives.build(local | {"train": {**local["train"], "steps": tr["steps"]}},
                                    objectives.Context(ends, K, dev, teacher, tr["steps"]))
-    fp = fingerprint(identity(cfg), sha, C.attrs["times"])
+    fp = fingerprint(reflow_identity(cfg), sha, C.attrs["times"])
     t0 = time.perf_counter()
     info = {}
     ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log,

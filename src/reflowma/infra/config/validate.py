@@ -108,12 +108,32 @@ def validate(stage: str, cfg: dict, schema_check: bool = True, check_files: bool
         _raise(f"{stage}.data", catalog.labelled_images_problem(data, what, check_files))
     if stage == "evaluate":
         _raise("evaluate", inception_inputs.problem(cfg, check_files))
+    if stage == "couplings" and cfg["solver"] == "dopri5" and cfg["time_grid"] != "uniform":
+        raise ConfigError("couplings.time_grid", f"{cfg['time_grid']!r} places fixed steps; "
+                          "solver dopri5 places its own: allowed with dopri5: uniform")
     if stage == "reflow":
         reg, K = cfg["regularizer"], cfg["K"]
         if isinstance(reg["windows"], list) and max(reg["windows"]) >= K:
             raise ConfigError("reflow.regularizer.windows",
                               f"{reg['windows']} has an index >= K = {K}; allowed: 0..{K - 1}")
+        if reg["share_window_start"] and reg["weight"] > 0:
+            _check_shared_window_start(cfg)
     return cfg
+
+
+def _check_shared_window_start(cfg: dict) -> None:
+    """``regularizer.share_window_start`` joins the window-start term (every window) with the
+    reverse-KL regularizer: both must be on and the regularizer must cover every window."""
+    reg, field = cfg["regularizer"], "reflow.regularizer.share_window_start"
+    if cfg["window_start_weight"] <= 0:
+        raise ConfigError(field, "true needs the window-start term (window_start_weight > 0); "
+                          "it is 0: set share_window_start to false")
+    if reg["discrepancy"] != "reverse_kl":
+        raise ConfigError(field, f"true needs regularizer.discrepancy reverse_kl, it is "
+                          f"{reg['discrepancy']!r}: set share_window_start to false")
+    if reg["windows"] != "all" and sorted(set(reg["windows"])) != list(range(cfg["K"])):
+        raise ConfigError(field, f"true needs regularizer.windows all (the window-start term "
+                          f"covers every window), it is {reg['windows']}")
 
 
 def _raise(where: str, problem: tuple[str, str] | None) -> None:
