@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
 
@@ -108,6 +110,7 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
     assert any(w.startswith("step.shared.exact_vs_control_d2") for w in lines)
 
 
+@pytest.mark.slow  # trains a toy teacher and a small mnist UNet: minutes on 2 cores
 def test_quick_couplings_section(tmp_path):
     """The couplings section: curves of every option on the two trained teachers, the
     equal-error savings recomputed from those curves, the headline option timed against the

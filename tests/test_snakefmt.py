@@ -30,7 +30,7 @@ def test_unformatted_rule_file_fails(tmp_path):
     rules = tmp_path / "workflow" / "rules"
     rules.mkdir(parents=True)
     src = (REPO / "workflow/rules/teacher.smk").read_text()
-    (rules / "teacher.smk").write_text(src.replace("        runs=RUNS,", "        runs = RUNS ,"))
+    (rules / "teacher.smk").write_text(src + "\nunformatted = {'a':1}\n")  # black: {"a": 1}
     res = snakefmt_check(tmp_path, "workflow")
     assert res.returncode == 1
     assert "1 file(s) would be changed" in res.stderr
