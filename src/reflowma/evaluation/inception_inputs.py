@@ -32,7 +32,8 @@ def problem(cfg: dict, check_files: bool = True) -> tuple[str, str] | None:
         return "inception_weights", (
             f"is required when evaluate.{wanted[0]} is true: a local torch-fidelity Inception "
             f"weights file (or set ${INCEPTION_WEIGHTS_ENV}); it is never downloaded (the "
-            "metrics need the optional extra torch-fidelity, see README)")
+            'metrics need the optional extra torch-fidelity, see docs/images.md, "Inception '
+            'metrics")')
     if check_files and not Path(path).is_file():
         return "inception_weights", f"file {path!r} does not exist"
     found = catalog.images_problem(cfg["data"], f"evaluate.{wanted[0]}")
