@@ -53,6 +53,8 @@ def load_plugins() -> None:
     if _scanned[0]:
         return
     _scanned[0] = True
+    # importlib.metadata (tens of ms): on the first scan, not on `reflowma --help` or the
+    # workflow's parse, which import this module
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -85,8 +87,8 @@ class Registry:
         self._items.pop(name, None)
 
     def get(self, name: str):
-        """The object registered under ``name``; a ``"module:attr"`` string is imported now
-        (built-ins register that way, so reading the names never imports torch)."""
+        """The object registered under ``name``; a ``"module:attr"`` string is imported on this
+        first lookup (built-ins register that way, so reading the names never imports torch)."""
         load_plugins()
         try:
             obj = self._items[name]

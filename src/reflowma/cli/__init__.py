@@ -117,7 +117,8 @@ def _params_in(argv) -> str:
 
 
 class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is now, so Sacred's output capture sees the log."""
+    """Writes to whatever ``sys.stderr`` is at each record, so Sacred's output capture sees the
+    log."""
 
     def __init__(self):
         super().__init__()
@@ -166,12 +167,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         if args.stage in STAGE_BY_NAME:
-            from reflowma.infra import distributed  # torch: imported once a stage runs
-
-            try:
-                run_stage(STAGE_BY_NAME[args.stage], vars(args), args.parser_error)
-            finally:
-                distributed.finish()
+            run_stage(STAGE_BY_NAME[args.stage], vars(args), args.parser_error)
             return 0
         not_args = {"stage", "call", "parser_error", *(c.name for c in COMMANDS)}
         return function(args.call)(**{k: v for k, v in vars(args).items()

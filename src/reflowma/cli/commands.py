@@ -26,8 +26,8 @@ class Command:
 def report(counterexample=None, **flags) -> int:
     """``reflowma report``: Theorem 1's counterexample (the theory layer's) handed to the report
     command (the report layer's); the two layers are siblings and meet here."""
-    from reflowma.report import command  # matplotlib, numpy: imported on use
-    from reflowma.theory.counterexample import for_report
+    from reflowma.report import command  # matplotlib: imported on use, not for --help
+    from reflowma.theory.counterexample import for_report  # numpy: imported on use
 
     cex, source = for_report(counterexample)
     return command.main(**flags, counterexample=cex, counterexample_source=source)
@@ -36,19 +36,19 @@ def report(counterexample=None, **flags) -> int:
 def counterexample_args() -> tuple[Arg, ...]:
     """``theory counterexample``'s arguments, whose defaults are the theory module's (which
     imports numpy: called when the command is used)."""
-    from reflowma.theory import counterexample as ce  # numpy: imported on use
+    from reflowma.theory import counterexample  # numpy: imported on use, not for --help
 
     return (
-        arg("--mu", nargs=2, type=float, default=list(ce.DEFAULT_MU), metavar=("M1", "M2"),
-            help="mean of the 2D Gaussian data"),
+        arg("--mu", nargs=2, type=float, default=list(counterexample.DEFAULT_MU),
+            metavar=("M1", "M2"), help="mean of the 2D Gaussian data"),
         arg("--sigma", nargs=4, type=float, metavar=("S11", "S12", "S21", "S22"),
-            default=[v for row in ce.DEFAULT_SIGMA for v in row],
+            default=[v for row in counterexample.DEFAULT_SIGMA for v in row],
             help="covariance of the data, row by row (symmetric positive definite)"),
-        arg("--angle", type=float, default=ce.DEFAULT_ANGLE_DEG,
+        arg("--angle", type=float, default=counterexample.DEFAULT_ANGLE_DEG,
             help="rotation angle of the rotation student, in degrees"),
-        arg("--nfe", nargs="+", type=int, default=list(ce.DEFAULT_NFES),
+        arg("--nfe", nargs="+", type=int, default=list(counterexample.DEFAULT_NFES),
             help="step counts at which each student's marginal is compared"),
-        arg("--out", default=ce.DEFAULT_OUT, help="output folder"),
+        arg("--out", default=counterexample.DEFAULT_OUT, help="output folder"),
     )
 
 

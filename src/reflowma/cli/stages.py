@@ -31,7 +31,7 @@ def arg(*flags: str, **kw) -> Arg:
 
 
 def function(name: str) -> Callable:
-    """The function ``module:function`` (its module imported now)."""
+    """The function ``module:function``, importing its module."""
     module, fn = name.split(":")
     return getattr(importlib.import_module(module), fn)
 
@@ -124,7 +124,7 @@ def stage_args(stage: Stage) -> tuple[Arg, ...]:
 
 def fields_epilog(stage: str, params: str) -> str:
     """Every field with the value the preset gives it (the stage default where it sets none)."""
-    from reflowma.infra import config  # jsonschema: imported for a stage's help or run
+    from reflowma.infra import config  # jsonschema: a stage's help, not `reflowma --help`
 
     try:
         rows = config.field_docs(stage, config.stage_config(stage, params))
@@ -146,7 +146,7 @@ def fields_epilog(stage: str, params: str) -> str:
 def run_stage(stage: Stage, flags: dict, parser_error: Callable) -> dict:
     """A pipeline stage: its config validated, then its function, recorded as a Sacred run
     with ``--runs`` (under torchrun by rank 0 alone)."""
-    from reflowma.infra import config  # jsonschema: imported for a stage's help or run
+    from reflowma.infra import config  # jsonschema: a stage's run, not `reflowma --help`
 
     overrides, equal_time = list(flags["overrides"]), None
     if flags.get("time_of"):  # reflow's equal-time control
@@ -164,7 +164,8 @@ def run_stage(stage: Stage, flags: dict, parser_error: Callable) -> dict:
         parser_error(f"the following arguments are required: {', '.join(missing)}")
     out = Path(flags["out"])
     run = function(stage.run)
-    from reflowma.core.seeding import device  # torch: imported once a stage runs
+    # torch, as the stage's own module (``run``): imported once a stage runs, not for --help
+    from reflowma.core.seeding import device
     from reflowma.infra import distributed
 
     def call(c, log):
@@ -172,18 +173,21 @@ def run_stage(stage: Stage, flags: dict, parser_error: Callable) -> dict:
         return run(c, *(values[p] for p in stage.passes))
 
     distributed.init(device(cfg["device"]))  # under torchrun: join; rank 0 alone records
-    if not flags["runs"] or not distributed.is_main():
-        return call(cfg, None)
-    from reflowma.infra.tracking import recorded  # Sacred: imported for a recorded run
-    from reflowma.stages.common import data_sha256
+    try:
+        if not flags["runs"] or not distributed.is_main():
+            return call(cfg, None)
+        from reflowma.infra.tracking import recorded  # Sacred: imported for a recorded run
+        from reflowma.stages.common import data_sha256  # torch: imported once a stage runs
 
-    inputs = {k: flags[k] for k in RECORD_INPUTS if flags.get(k)}
-    return recorded(stage.name, cfg, call, flags["runs"],
-                    flags["job"] or f"{stage.name}:{flags['out']}", stage.attach(out, cfg),
-                    {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
-                     "world_size": distributed.world_size(),
-                     "data_sha256": data_sha256(cfg["data"]),
-                     **({"equal_time": equal_time["info"]} if equal_time else {})})
+        inputs = {k: flags[k] for k in RECORD_INPUTS if flags.get(k)}
+        return recorded(stage.name, cfg, call, flags["runs"],
+                        flags["job"] or f"{stage.name}:{flags['out']}", stage.attach(out, cfg),
+                        {"out": str(out), "inputs": inputs, "argv": sys.argv[1:],
+                         "world_size": distributed.world_size(),
+                         "data_sha256": data_sha256(cfg["data"]),
+                         **({"equal_time": equal_time["info"]} if equal_time else {})})
+    finally:
+        distributed.finish()
 
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}

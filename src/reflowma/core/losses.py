@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from reflowma.core.interpolant import piecewise_pair
+
 NAMES = ("l2", "pseudo_huber")
 
 
@@ -36,8 +38,6 @@ def heldout_tm_loss(v, ends: torch.Tensor, K: int, generator: torch.Generator,
     ``n_t`` uniform times per coupling (from ``generator``, so it is reproducible). Chunks of
     ``batch`` couplings (None: all at once) go to ``device`` (``ends``' own if None), where
     ``v`` is; the sum stays there (float64) until the end."""
-    from reflowma.core.interpolant import piecewise_pair
-
     dev = ends.device if device is None else torch.device(device)
     batch = batch or max(1, ends.shape[0])
     total, count = torch.zeros((), dtype=torch.float64, device=dev), 0

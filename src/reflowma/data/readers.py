@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
+from PIL import Image
 
 from reflowma.data.catalog import POINT_SUFFIXES, class_folders
 from reflowma.registry import InputError
@@ -32,8 +34,6 @@ def _read(path: Path, suffix: str, key: str) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     if suffix == ".csv":
         return np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    import h5py
-
     with h5py.File(path, "r") as f:
         if key not in f:
             raise KeyError(key, sorted(f.keys()))
@@ -68,8 +68,6 @@ def read_points(path: str | Path, key: str = "data") -> np.ndarray:
 
 
 def _png_stack(files: list[Path], where: str) -> np.ndarray:
-    from PIL import Image
-
     ims = [Image.open(f) for f in files]
     mode = "L" if all(im.mode in ("L", "1") for im in ims) else "RGB"
     arrs = [np.asarray(im.convert(mode)) for im in ims]

@@ -27,6 +27,7 @@ import math
 import torch
 
 from reflowma.core import solvers
+from reflowma.core.gmm import IsoGMM
 from reflowma.core.interpolant import score_from_velocity
 from reflowma.evaluation import density
 
@@ -251,8 +252,6 @@ def score_error_vs_t(teacher, gmm, ts, n: int, generator: torch.Generator | None
     dev = _device(t64)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     means = gmm.means.double()
-    from reflowma.core.gmm import IsoGMM
-
     ref = IsoGMM(means, gmm.std, gmm.weights.double())
     out = {}
     for t in ts:

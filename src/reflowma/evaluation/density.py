@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 from reflowma.core.autodiff import batch_jacobian, forward_jacobian
@@ -168,8 +169,6 @@ def knn_entropy(x, k: int = 5) -> float:
     skipped: ``r_i`` is the distance to the k-th neighbour at a positive distance, so the
     estimate stays finite (it then describes the distinct support points).
     """
-    from scipy.spatial import cKDTree
-
     a = np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=np.float64)
     a = a.reshape(a.shape[0], -1)
     N, d = a.shape

@@ -25,7 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 FEATURE = "2048"  # torch-fidelity's layer for FID, KID and precision/recall
 EXTRACTOR_NAME = "inception-v3-compat"
@@ -33,9 +39,6 @@ EXTRACTOR_NAME = "inception-v3-compat"
 
 def load_extractor(weights: str, device: str = "cpu"):
     """torch-fidelity's InceptionV3 (features ``2048``) from the local file ``weights``."""
-    import torch
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     if not Path(weights).is_file():  # torch-fidelity downloads when given no path: never
         raise FileNotFoundError(f"Inception weights file {weights!r} does not exist")
     net = FeatureExtractorInceptionV3(EXTRACTOR_NAME, [FEATURE],
@@ -46,9 +49,6 @@ def load_extractor(weights: str, device: str = "cpu"):
 def features(net, images, batch_size: int = 200):
     """float32 ``[N, 2048]`` numpy features of uint8 ``images [N, 3, H, W]`` (resized to
     299 x 299 inside the extractor, as torch-fidelity does)."""
-    import numpy as np
-    import torch
-
     dev = next(net.parameters()).device
     out = []
     with torch.no_grad():
@@ -65,11 +65,6 @@ def write_random_weights(path: str, seed: int = 0) -> None:
     Its batch-norm statistics are then set from one forward pass on 4 random images (with
     the default running statistics the activations shrink layer by layer to ~1e-8; with
     these the pool features are O(1), so distances between feature sets mean something)."""
-    import tempfile
-
-    import torch
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     class _Unloaded(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):
             return super().load_state_dict(state_dict, strict=False)
@@ -91,8 +86,6 @@ def write_random_weights(path: str, seed: int = 0) -> None:
 
 
 def serve(net, batch_size: int, stdin=sys.stdin, stdout=sys.stdout) -> None:
-    import numpy as np
-
     for line in stdin:
         req = json.loads(line)
         f = features(net, np.load(req["in"]), batch_size)
@@ -113,9 +106,6 @@ def main(argv=None) -> int:
         return 0
     if not Path(a.weights or "").is_file():
         raise FileNotFoundError(f"Inception weights file {a.weights!r} does not exist")
-    import torch
-    import torch_fidelity
-
     net = load_extractor(a.weights, a.device)
     print(json.dumps({"ready": True, "torch_fidelity": torch_fidelity.__version__,
                       "torch": torch.__version__, "device": a.device, "feature": FEATURE,

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from reflowma.core import logdet as LD
+from reflowma.core import logdet
 from reflowma.core.autodiff import velocity_jvp
 
 
@@ -55,20 +55,21 @@ def _summary(est: torch.Tensor, exact: torch.Tensor, scale: float) -> dict:
 def window_gaps(A: torch.Tensor, probes: torch.Tensor, orders) -> dict:
     """The diagnostics above for ``A = h J`` ``[B, d, d]`` (float64) and Rademacher ``probes``
     ``[P, B, d]``; ``orders``: the series orders (each >= 2)."""
-    exact, sign = LD.exact(A)
+    exact, sign = logdet.exact(A)
     scale = float(exact.abs().mean())
     n = max([1, *orders])
-    traces = LD.power_traces(A, n)
-    quads = LD.power_quads(A, probes, n)
-    rho = LD.spectral_radius(A)
+    traces = logdet.power_traces(A, n)
+    quads = logdet.power_quads(A, probes, n)
+    rho = logdet.spectral_radius(A)
+    probe_std_exact = math.sqrt(float(logdet.hutchinson_variance(A).mean()))
     est = {"first_order": _summary(traces[0], exact, scale),
            "hutchinson": {**_summary(quads[0], exact, scale),
                           "probe_std": float(quads[0].std(0).mean()) if quads.shape[1] > 1
                           else None,
-                          "probe_std_exact": math.sqrt(float(LD.hutchinson_variance(A).mean()))}}
+                          "probe_std_exact": probe_std_exact}}
     for o in orders:
-        est[f"series{o}"] = _summary(LD.series(traces[:o]), exact, scale)
-        est[f"series{o}_hutchinson"] = _summary(LD.series(quads[:o]), exact, scale)
+        est[f"series{o}"] = _summary(logdet.series(traces[:o]), exact, scale)
+        est[f"series{o}_hutchinson"] = _summary(logdet.series(quads[:o]), exact, scale)
     return {"n_points": int(A.shape[0]), "n_probes": int(probes.shape[0]),
             "exact": float(exact.mean()), "exact_abs": scale,
             "folded": float((sign <= 0).double().mean()),
@@ -90,6 +91,6 @@ def logdet_gaps(v, ends: torch.Tensor, K: int, n_probes: int, orders,
         B = x.shape[0]
         t = torch.full((B,), k / K, dtype=x.dtype)
         J = jacobians(v, x.to(dev), t.to(dev), rows)
-        probes = LD.rademacher((n_probes, B, J.shape[1]), generator)
+        probes = logdet.rademacher((n_probes, B, J.shape[1]), generator)
         out.append({"k": k, "t": k / K, "h": h, **window_gaps(h * J, probes, orders)})
     return {"windows": out}

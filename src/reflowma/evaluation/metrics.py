@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import ot
 import torch
 
 from reflowma.core.autodiff import batch_jacobian
@@ -17,8 +18,6 @@ def w2_paired(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def w2_unpaired(a: torch.Tensor, b: torch.Tensor) -> float:
     """Exact empirical W2 between two point clouds (POT's network simplex, uniform weights)."""
-    import ot
-
     A = a.reshape(a.shape[0], -1).double().numpy()
     B = b.reshape(b.shape[0], -1).double().numpy()
     M = ot.dist(A, B)  # squared Euclidean

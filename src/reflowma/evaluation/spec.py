@@ -52,8 +52,6 @@ class Samples:
         """``metrics.fold_mask`` of the sampler on ``z``, computed once per sample set: the
         ``fold_fraction`` metric and the evaluate stage's saved mask share it."""
         if max_dim not in self._folds:
-            from reflowma.evaluation import metrics
-
             self._folds[max_dim] = metrics.fold_mask(self.sampler, self.z, max_dim)
         return self._folds[max_dim]
 
@@ -102,17 +100,17 @@ class Metric:
 METRICS = Registry("metric")
 
 
-class _Lazy:
-    """``reflowma.evaluation.metrics`` imported on first use (reading the spec needs no
-    torch)."""
+class _MetricsOnUse:
+    """``reflowma.evaluation.metrics``, imported on first use: the report and the workflow's
+    parse read the spec, which needs no torch (the metrics import it)."""
 
     def __getattr__(self, name):
-        from reflowma.evaluation import metrics
+        from reflowma.evaluation import metrics as module  # torch: on the first computation
 
-        return getattr(metrics, name)
+        return getattr(module, name)
 
 
-M = _Lazy()
+metrics = _MetricsOnUse()
 
 
 def register(m: Metric) -> Metric:
@@ -139,18 +137,18 @@ CLAIM_FALLBACK = {"kl": "kl_knn"}
 # Registration order = column order of the tables = computation order in ``sample_metrics``.
 for _m in (
     Metric("w2_paired_teacher", "W2 to teacher (paired)", "data units", paths=_sample(
-        "w2_paired_teacher"), compute=lambda s, c: M.w2_paired(s.y, s.teacher),
+        "w2_paired_teacher"), compute=lambda s, c: metrics.w2_paired(s.y, s.teacher),
         figure=True, heatmap=True, plot=True),
     Metric("w2_data", "W2 to data", "data units",
            paths={**_sample("w2_data"), DATA_FLOOR: "data_floor.w2_data"},
-           compute=lambda s, c: M.w2_unpaired(s.y, s.data), figure=True, heatmap=True,
+           compute=lambda s, c: metrics.w2_unpaired(s.y, s.data), figure=True, heatmap=True,
            plot=True, note="data (floor): W2 between two independent data draws of the "
            "same size (the finite-sample floor of W2 to data)."),
     Metric("mmd_data", "MMD² to data", "RBF sum", paths=_sample("mmd_data"),
-           compute=lambda s, c: M.mmd(s.y, s.data, c["mmd_bandwidths"]), figure=True,
+           compute=lambda s, c: metrics.mmd(s.y, s.data, c["mmd_bandwidths"]), figure=True,
            heatmap=True, plot=True),
     Metric("mmd_teacher", "MMD² to teacher", "RBF sum", paths=_sample("mmd_teacher"),
-           compute=lambda s, c: M.mmd(s.y, s.teacher, c["mmd_bandwidths"])),
+           compute=lambda s, c: metrics.mmd(s.y, s.teacher, c["mmd_bandwidths"])),
     Metric("kl", "KL(student‖teacher)", "nats", paths={STUDENT: f"{MARG}.kl_exact"},
            valid=f"{MARG}.valid", figure=True, heatmap=True,
            note="KL/TV: exact change of variables against the teacher CNF density, only for "
@@ -199,10 +197,10 @@ for _m in (
            tables=("main", "local"), tex=r"$\sum_k$ local KL$_k$"),
     Metric("fold_fraction", "fold fraction", "fraction of z",
            paths={STUDENT: "nfe.{nfe}.fold_fraction"}, needs_sampler=True, figure=True,
-           compute=lambda s, c: M.mask_fraction(s.fold_mask(c["fold_max_dim"]))),
+           compute=lambda s, c: metrics.mask_fraction(s.fold_mask(c["fold_max_dim"]))),
     Metric("straightness", "straightness", "squared velocity",
            paths={STUDENT: "nfe.{nfe}.straightness"}, needs_sampler=True, figure=True,
-           compute=lambda s, c: M.straightness(s.v, s.z, s.grid),
+           compute=lambda s, c: metrics.straightness(s.v, s.z, s.grid),
            note="straightness: Σ_i h_i |(x_1 − x_0) − v(x_(t_i), t_i)|², mean over z, on the "
            "sampler's own grid (0: straight paths)."),
     Metric("heldout_tm_loss", "held-out TM loss", "MSE", per="run",

@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from reflowma.registry import InputError
+
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -129,10 +131,7 @@ def broadcast_object(obj):
 
 def shard_batch(batch_size: int, what: str) -> int:
     """The per-rank share of a global batch; it must divide evenly."""
-    ws = world_size()
-    if batch_size % ws:
-        from reflowma.registry import InputError
-
-        raise InputError(f"{what} = {batch_size} is not divisible by the world size {ws} "
-                         "(torchrun --nproc_per_node)")
-    return batch_size // ws
+    if batch_size % world_size():
+        raise InputError(f"{what} = {batch_size} is not divisible by the world size "
+                         f"{world_size()} (torchrun --nproc_per_node)")
+    return batch_size // world_size()

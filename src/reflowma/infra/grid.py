@@ -18,8 +18,13 @@ from functools import cache
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
+from reflowma import data
+from reflowma.data import readers
 from reflowma.infra import config
+from reflowma.infra.storage.atomic import atomic_path, content_sha256
 from reflowma.registry import InputError
 
 ALIASES = {"regularizer.weight": "lam", "regularizer.logdet": "logdet",
@@ -120,15 +125,11 @@ def equal_time_twins(points: list[Point]) -> list[Point]:
 
 @cache
 def _validator(name: str):
-    from jsonschema import Draft202012Validator
-
     return Draft202012Validator(yaml.safe_load((config.SCHEMA_PATH.parent
                                                 / f"{name}.schema.yaml").read_text()))
 
 
 def check_schema(name: str, obj, where: str) -> None:
-    from jsonschema.exceptions import best_match
-
     err = best_match(_validator(name).iter_errors(obj))
     if err is not None:
         raise config.schema_error(err, where)
@@ -152,7 +153,7 @@ def load_grid(name_or_path: str) -> dict:
     user = user_datasets()
     for i, name in enumerate(g["datasets"]):
         if name in user:
-            dataset_section(name)  # the file exists and loads: checked now, not in a job
+            dataset_section(name)  # the file exists and loads: checked here, not in a job
         else:
             config.check_dataset_name(f"grid.datasets.{i}", name)
     return g
@@ -213,15 +214,9 @@ def dataset_section(name: str) -> dict:
             raise config.ConfigError(f"{where}.path", f"file {entry['path']!r} does not exist "
                                      f"(looked for {path!r}); add it (dvc add / dvc pull) or fix "
                                      f"params/{DATASETS_FILE}")
-        from reflowma.infra.storage.atomic import content_sha256
-
         sec["sha256"] = content_sha256(path)
-    try:  # reads the file (torch-free for file and images): a malformed one fails now
-        from reflowma.data import readers
-
+    try:  # reads the file (torch-free for file and images): a malformed one fails at parse time
         if readers.read_user_file(cfg["data"]) is None:  # a bundled or plug-in dataset
-            from reflowma import data
-
             data.data_shape(cfg["data"])
     except config.ConfigError:
         raise
@@ -284,15 +279,15 @@ def _check_datasets(p: dict, grid: dict) -> None:
     (the file would be carried along unused)."""
     sections = [("preset.data", p.get("data"))] + [
         (f"preset.{s}.data", (p.get(s) or {}).get("data")) for s in config.STAGES]
-    for where, data in sections:
-        name = data.get("name") if isinstance(data, dict) else None
-        if not name or not data.get("path"):  # (a path without a name: validate() refuses it)
+    for where, section in sections:
+        name = section.get("name") if isinstance(section, dict) else None
+        if not name or not section.get("path"):  # (a path without a name: validate() refuses it)
             continue
         for i, dataset in enumerate(grid["datasets"]):
             if dataset != name:
                 raise config.ConfigError(
                     f"grid.datasets.{i}", f"{dataset!r} conflicts with {where} "
-                    f"(name {name!r}, path {data['path']!r}): the grid's dataset replaces "
+                    f"(name {name!r}, path {section['path']!r}): the grid's dataset replaces "
                     f"data.name and the file would go unused; list {name!r} in the grid or "
                     "drop data from the preset")
 
@@ -365,8 +360,6 @@ def is_current(path: Path, obj) -> bool:
 
 
 def write_if_changed(path: Path, obj) -> bool:
-    from reflowma.infra.storage.atomic import atomic_path
-
     if is_current(path, obj):
         return False
     text = config_text(obj)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from reflowma.evaluation.spec import dig
+from reflowma.infra import grid as rgrid
 from reflowma.infra.grid import ALIASES
 
 STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED", "RUNNING", "QUEUED", "TIMEOUT")
@@ -190,8 +191,6 @@ def missing_jobs(df: pd.DataFrame, expected_jobs) -> pd.DataFrame:
 
 def expected_jobs(grid, stage: str = "evaluate") -> list[str]:
     """Job names of a grid (a name, a path or a loaded grid dict) for one stage."""
-    from reflowma.infra import grid as rgrid
-
     g = rgrid.load_grid(grid) if isinstance(grid, str | Path) else grid
     points = rgrid.expand(g)
     if stage in ("teacher", "couplings"):

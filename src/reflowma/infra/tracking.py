@@ -17,10 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from reflowma.infra import config
 from reflowma.infra.signals import Interrupted
+
+# Sacred's import warns that pkg_resources is deprecated; the warning is about Sacred's own
+# import and says nothing about a run, so it stays out of every job's log.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    from sacred import SETTINGS, Experiment
+    from sacred.dependencies import get_commit_if_possible
+    from sacred.observers import FileStorageObserver, MongoObserver
+    from sacred.utils import SacredInterrupt, apply_backspaces_and_linefeeds
 
 
 def _plain(obj):
@@ -33,8 +44,6 @@ PACKAGES = ("reflowma", "torch", "numpy", "scipy", "h5py", "pot", "scikit-learn"
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a run's numbers depend on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for name in PACKAGES:
         try:
@@ -47,25 +56,9 @@ def package_versions() -> dict[str, str]:
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-def import_sacred():
-    """Import Sacred without its ``pkg_resources`` deprecation warning in every job log (the
-    warning is about Sacred's own import and says nothing about the run)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated",
-                                category=UserWarning)
-        import sacred
-
-    return sacred
-
-
 def repository(path=PACKAGE_DIR) -> list[dict]:
     """Sacred's repository entry (url, commit, dirty) of the git checkout holding ``path``,
     or ``[]`` outside one (an installed wheel)."""
-    import_sacred()
-    from sacred.dependencies import get_commit_if_possible
-
     try:
         url, commit, dirty = get_commit_if_possible(str(Path(path) / "__init__.py"), True)
     except ValueError:  # GitPython or git missing
@@ -94,11 +87,6 @@ def _experiment(base, name: str):
 
 def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None):
     """Run ``fn(cfg, on_log) -> metrics`` as one Sacred run; returns the metrics."""
-    import_sacred()
-    from sacred import SETTINGS, Experiment
-    from sacred.observers import FileStorageObserver
-    from sacred.utils import SacredInterrupt
-
     SETTINGS.CAPTURE_MODE = "sys"
     SETTINGS.DISCOVER_SOURCES = "dir"
 
@@ -107,15 +95,11 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
 
     ex = _experiment(Experiment, f"reflowma.{stage}")
     packages = package_versions()
-    for name, version in packages.items():  # Sacred's parser refuses local labels (+cpu)
-        ex.add_package_dependency(name, version.split("+")[0])
-    from sacred.utils import apply_backspaces_and_linefeeds
-
+    for name, installed in packages.items():  # Sacred's parser refuses local labels (+cpu)
+        ex.add_package_dependency(name, installed.split("+")[0])
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     ex.observers.append(FileStorageObserver(str(runs_dir)))
     if os.environ.get("REFLOWMA_MONGO_URL"):
-        from sacred.observers import MongoObserver
-
         ex.observers.append(MongoObserver(url=os.environ["REFLOWMA_MONGO_URL"],
                                           db_name=os.environ.get("REFLOWMA_MONGO_DB", "reflowma")))
     ex.add_config(_plain(cfg))
@@ -129,7 +113,8 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
     def _main(_run):
         _run.info.update({"job": job, "stage": stage, "packages": packages,
                           "params_dir": params_dir, **(info or {})})
-        # write info.json now, not at the first heartbeat (10 s in): a job killed outright
+        # write info.json at the run's start, not at the first heartbeat (10 s in): a job killed
+        # outright
         # (SIGKILL, OOM, node failure) still leaves a record that names the job
         if hasattr(_run, "_emit_heartbeat"):
             _run._emit_heartbeat()

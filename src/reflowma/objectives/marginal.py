@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from reflowma.core import discrepancies as D
-from reflowma.core import logdet as LD
+from reflowma.core import discrepancies
+from reflowma.core import logdet as core_logdet  # `logdet` is the mode's name here
 from reflowma.core.autodiff import batch_jacobian, forward_jacobian, velocity_jvp
 from reflowma.core.interpolant import score_from_velocity
 from reflowma.objectives.base import Context, Term, eager
@@ -111,7 +111,7 @@ def logdet_series(vx: torch.Tensor, x: torch.Tensor, h: float, order: int, n_pro
         for _ in range(order):
             u = h * torch.autograd.grad(vx, x, grad_outputs=u, create_graph=True)[0]
             quads.append(_flat(u * probes[p]).sum(-1))
-        est = est + LD.series(quads)
+        est = est + core_logdet.series(quads)
     return est / n_probes
 
 
@@ -136,7 +136,7 @@ def velocity_and_logdet(v, x: torch.Tensor, t: torch.Tensor, h: float, logdet: s
             if k:
                 w = h * velocity_jvp(v, x, t, w)[1]
             quads.append((probes * w).reshape(n_probes, x.shape[0], -1).sum(-1))
-        return vx, LD.series(quads).sum(0) / n_probes, None
+        return vx, core_logdet.series(quads).sum(0) / n_probes, None
     vx, J = forward_jacobian(v, x, t)
     if logdet == "exact":
         ld, det = barrier_logdet(J, h, fold_delta)
@@ -256,13 +256,16 @@ def sample_discrepancy(name: str, y: torch.Tensor, target: torch.Tensor,
     Sinkhorn divergence on ``|.|²`` with ``eps = sinkhorn_eps`` (data units squared).
     """
     if name == "mmd":
-        return D.mmd2(y, target, D.median_bandwidths(target, mmd_scales))
+        bandwidths = discrepancies.median_bandwidths(target, mmd_scales)
+        return discrepancies.mmd2(y, target, bandwidths)
     if name == "sliced_w2":
         d = target[0].numel()
-        th = D.random_directions(n_projections, d, generator, torch.float32, generator.device)
-        return D.sliced_w2(y, target, th.to(y))
+        th = discrepancies.random_directions(n_projections, d, generator, torch.float32,
+                                             generator.device)
+        return discrepancies.sliced_w2(y, target, th.to(y))
     if name == "sinkhorn":
-        return D.sinkhorn_divergence(y, target, sinkhorn_eps, sinkhorn_iters, sinkhorn_tol)
+        return discrepancies.sinkhorn_divergence(y, target, sinkhorn_eps, sinkhorn_iters,
+                                                 sinkhorn_tol)
     raise ValueError(f"regularizer.discrepancy: {name!r}; allowed: {', '.join(DISCREPANCIES)}")
 
 

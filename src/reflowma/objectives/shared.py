@@ -36,9 +36,9 @@ class SharedWindowStart(Term):
     regularizer: marginal.MarginalAlignment
 
     def parts(self, v, step: int, generator: torch.Generator) -> list[tuple]:
-        ws, reg = self.window_start, self.regularizer
+        window_start, reg = self.window_start, self.regularizer
         if step < reg.start_step:
-            return ws.parts(v, step, generator)
+            return window_start.parts(v, step, generator)
         ctx, n, gd = reg.ctx, reg.batch_size, generator.device
         ends, dev, K, opt = ctx.ends, ctx.device, ctx.K, reg.options
         b = torch.randint(0, ends.shape[0], (n,), generator=generator, device=gd)
@@ -47,10 +47,12 @@ class SharedWindowStart(Term):
         x, vx, ld, det = marginal.pushforward(eager(v), x.to(dev), tk.to(dev), 1.0 / K,
                                               opt["logdet"], opt["fold_delta"], opt["n_probes"],
                                               generator, opt.get("series_order", 2))
-        ws_value = losses.distance(vx, target.to(dev), ws.distance, ws.huber_c).mean()
+        window_start_value = losses.distance(vx, target.to(dev), window_start.distance,
+                                             window_start.huber_c).mean()
         reg_value, stats = marginal.alignment(reg.score, x, vx, ld, det, k.to(dev), K,
                                               eps=opt["eps"], rescale_end=opt["rescale_end"])
-        return [(ws.key, ws.weight, ws_value, {}), (reg.key, reg.weight, reg_value, stats)]
+        return [(window_start.key, window_start.weight, window_start_value, {}),
+                (reg.key, reg.weight, reg_value, stats)]
 
     def keys(self) -> list[str]:
         return [self.window_start.key, self.regularizer.key]

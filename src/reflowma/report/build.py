@@ -172,7 +172,9 @@ def build_report(runs_dir, out_dir, expected_jobs=None, figures: bool = True,
                 **{f"regularizer_{k}": v["verdict"] for k, v in cl["regularizer"].items()}}
     figs = []
     if figures:
-        from reflowma.report import figures as report_figures  # matplotlib: only when drawn
+        # matplotlib (about 1 s): only when figures are drawn (reverdict imports this module
+        # and draws none)
+        from reflowma.report import figures as report_figures
 
         stems = (layout.expected_stems(expected, collect.evaluate_configs(runs))
                  if expected is not None else None)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from reflowma import models
 from reflowma.infra.storage import checkpoint
-from reflowma.infra.storage.atomic import sha256
+from reflowma.infra.storage.atomic import content_sha256, sha256
 from reflowma.registry import InputError
 
 
@@ -30,21 +31,15 @@ def data_sha256(data_cfg: dict) -> str | None:
     path = data_cfg.get("path")
     if not path or data_cfg.get("name") not in ("file", "images", "cifar10"):
         return None
-    from pathlib import Path
-
-    from reflowma.infra.storage.atomic import content_sha256
-
     return content_sha256(path) if Path(path).exists() else None
 
 
 def check_data_hash(where: str, data_cfg: dict) -> str | None:
     """The data file's content hash; an InputError when the config's ``data.sha256`` (set by
-    the workflow from params/datasets.yaml) no longer matches the file."""
+    the workflow from params/datasets.yaml) does not match the file."""
     want = data_cfg.get("sha256")
     if not want:
         return data_sha256(data_cfg)
-    from reflowma.infra.storage.atomic import content_sha256
-
     got = content_sha256(data_cfg["path"])
     if got != want:
         raise InputError(f"{where}.data.sha256: {data_cfg['path']!r} has sha256 {got[:12]}..., "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from reflowma.core import interpolant, solvers, time_grids
 from reflowma.core.seeding import device, generator
-from reflowma.infra import distributed as ddp
+from reflowma.infra import distributed
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage.couplings import SPLITS, Couplings, CouplingsWriter
 from reflowma.models import inference
@@ -55,19 +55,20 @@ def step_grid(cfg: dict, teacher, shape, times, dev):
     if cfg["time_grid"] == "power":
         return time_grids.warped(times, cfg["steps"], time_grids.power(cfg["rho"]))
     grid = None
-    if ddp.is_main():
+    if distributed.is_main():
         g = generator(cfg["seed"], "couplings", "pilot")
         z = torch.randn((cfg["pilot_size"], *shape), generator=g).to(dev)
         grid = solvers.fitted_grid(teacher, z, times, cfg["steps"], cfg["solver"])
-    return ddp.broadcast_object(grid) if ddp.world_size() > 1 else grid
+    return distributed.broadcast_object(grid) if distributed.world_size() > 1 else grid
 
 
 def run(cfg: dict, teacher_path, out_path) -> dict:
     """Generate (or resume) ``out_path`` (HDF5); returns counts and provenance. Under torchrun
     the ranks share the chunks and rank 0 writes (the file of a single process)."""
     dev = device(cfg["device"])
-    ddp.init(dev)
-    dev, ws, rank = ddp.local_device(dev), ddp.world_size(), ddp.rank()
+    distributed.init(dev)
+    dev, rank = distributed.local_device(dev), distributed.rank()
+    world_size = distributed.world_size()
     teacher, meta, sha = load_model(teacher_path, "teacher", dev)
     teacher = inference.wrap(teacher, cfg)  # couplings.amp, couplings.compile
     check_same_data("couplings", cfg["data"], meta["data"], teacher_path)
@@ -78,11 +79,11 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
         attrs["step_times"] = time_grids.step_times(grid, attrs["times"][-1])
     counts = {"train": cfg["n_train"], "test": cfg["n_test"]}
     writer = (CouplingsWriter(out_path, attrs, counts, shape, cfg["chunk_size"])
-              if ddp.is_main() else None)
+              if distributed.is_main() else None)
     plan = {s: (writer.chunks_done(s), writer.n_chunks(s)) for s in SPLITS} if writer else None
-    if ws > 1:
-        plan = ddp.broadcast_object(plan)
-        log.info("couplings: %d ranks, chunks to do %s", ws, plan)
+    if world_size > 1:
+        plan = distributed.broadcast_object(plan)
+        log.info("couplings: %d ranks, chunks to do %s", world_size, plan)
     done = sum(d for d, _ in plan.values())
     if done and writer is not None:
         log.info("couplings: resuming %s at chunk %d/%d", writer.tmp, done,
@@ -104,15 +105,15 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
                 mininterval=1.0, disable=writer is None) as bar:
             for split in SPLITS:
                 first_todo, total = plan[split]
-                for first in range(first_todo, total, ws):  # one round: a chunk per rank
+                for first in range(first_todo, total, world_size):  # one round: a chunk per rank
                     received = sig.received
-                    if ws > 1:  # every rank stops at the same round
-                        received = int(ddp.all_reduce([received or 0], "max")[0]) or None
+                    if world_size > 1:  # every rank stops at the same round
+                        received = int(distributed.all_reduce([received or 0], "max")[0]) or None
                     if received is not None:
                         raise Interrupted(received, first)
                     c = first + rank
                     mine = solve_chunk(split, c) if c < total else None
-                    got = ddp.gather_objects(mine) if ws > 1 else [mine]
+                    got = distributed.gather_objects(mine) if world_size > 1 else [mine]
                     if writer is not None:
                         for i, states in enumerate(got):
                             if states is not None:
@@ -122,10 +123,10 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     finally:
         if writer is not None:
             writer.close()
-    if ws > 1:
-        ddp.barrier()  # the others return once the file is complete
+    if world_size > 1:
+        distributed.barrier()  # the others return once the file is complete
     if writer is not None:
         Couplings(path, attrs)  # read back: flag set and provenance as expected
         log.info("couplings: wrote %s", path)
     return {"n_train": cfg["n_train"], "n_test": cfg["n_test"], "times": attrs["times"],
-            "teacher_sha256": sha, **({"world_size": ws} if ws > 1 else {})}
+            "teacher_sha256": sha, **({"world_size": world_size} if world_size > 1 else {})}

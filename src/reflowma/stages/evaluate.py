@@ -38,15 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from reflowma import data
 from reflowma.core import losses, solvers
 from reflowma.core.seeding import device, generator
-from reflowma.evaluation import metrics, spec
+from reflowma.evaluation import audit, logdet_gap, metrics, spec
 from reflowma.infra.storage.atomic import atomic_path, write_json
 from reflowma.infra.storage.couplings import Couplings
 from reflowma.registry import InputError
+from reflowma.stages.classifier import frechet_reference
 from reflowma.stages.common import check_same_data, load_model
+from reflowma.stages.inception import open_reference
 from reflowma.stages.reflow import load_ends
 
 log = logging.getLogger(__name__)
@@ -93,11 +96,7 @@ def run(cfg: dict, student_path, teacher_path, couplings_path, out_path,
     x_data = data.load(cfg["data"], n, generator(cfg["seed"], "eval-data"))
     fd = None
     if cfg.get("fd_classifier"):
-        from reflowma.stages.classifier import frechet_reference
-
         fd = frechet_reference(cfg["data"], classifier_path, dev, batch_size=bs)
-    from reflowma.stages.inception import open_reference
-
     inc = open_reference(cfg, dev)  # the weights load in the worker before any sampling
     log.info("evaluate: K=%d student, %d samples, NFE %s, device %s", K, n, cfg["nfe"], dev)
 
@@ -213,8 +212,6 @@ def image_grid(x: torch.Tensor, side: int = GRID_SIDE) -> np.ndarray:
 
 
 def write_png(path: Path, x: torch.Tensor) -> None:
-    from PIL import Image
-
     g = image_grid(x)
     with atomic_path(path) as tmp:
         Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(tmp, format="PNG")
@@ -287,7 +284,6 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
     on the test couplings' window ends and the telescoping TV bound, and for
     datasets with an exact density (8gaussians) KL/TV against it and, for a Gaussian mixture,
     the teacher's score error vs t. Both come from the dataset object that samples the data."""
-    from reflowma.evaluation import audit
     a = cfg["audit"]
     d = int(z[0].numel())
     if d > a.get("skip_above_dim", d):
@@ -324,8 +320,6 @@ def audit_section(cfg, student, teacher, z, x_teacher, ends, K) -> dict:
 def logdet_section(cfg, student_b, ends, K) -> dict:
     """The log-det gap of the regularizer's approximations (``evaluation.logdet_gap``) at the
     first ``logdet.n_points`` test couplings' window starts, on the student's device."""
-    from reflowma.evaluation import logdet_gap
-
     c = cfg["logdet"]
     out = logdet_gap.logdet_gaps(student_b.model, ends[: c["n_points"]], K, c["n_probes"],
                                  c["series_orders"], generator(cfg["seed"], "logdet"),

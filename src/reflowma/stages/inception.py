@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from reflowma import data
-from reflowma.evaluation import inception as inc
+from reflowma.evaluation import inception
 from reflowma.evaluation.frechet import gaussian_stats
 from reflowma.evaluation.inception_inputs import INCEPTION_METRICS, inception_weights
 from reflowma.infra import config
@@ -62,7 +62,7 @@ def reference_images(data_cfg: dict, n: int) -> tuple[np.ndarray, str]:
     pts = ds.points[:n]
     x = pts.reshape(-1, *shape)
     what = f"{name} {'train split' if name in SPLIT_DATASETS else 'all images'}, first {len(x)}"
-    return inc.to_uint8(x), what
+    return inception.to_uint8(x), what
 
 
 def cache_dir(cfg: dict) -> Path:
@@ -80,7 +80,7 @@ def cached_reference(path: Path, compute, want_radii: bool) -> tuple[dict, bool]
             arrays = {k: z[k] for k in z.files}
         if not want_radii or "radii" in arrays:
             return arrays, True
-        arrays["radii"] = inc.knn_radii(arrays["features"])
+        arrays["radii"] = inception.knn_radii(arrays["features"])
     else:
         arrays = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,13 +89,14 @@ def cached_reference(path: Path, compute, want_radii: bool) -> tuple[dict, bool]
     return arrays, False
 
 
-def open_reference(cfg: dict, dev) -> inc.InceptionReference | None:
+def open_reference(cfg: dict, dev) -> inception.InceptionReference | None:
     """The reference of the enabled Inception metrics (None when none is on)."""
     enabled = [m for m in INCEPTION_METRICS if cfg.get(m)]
     if not enabled:
         return None
     weights, python = inception_weights(cfg), inception_python(cfg)
-    worker = inc.FeatureWorker(python, weights, str(dev), cfg.get("batch_size") or DEFAULT_BATCH)
+    worker = inception.FeatureWorker(python, weights, str(dev),
+                                     cfg.get("batch_size") or DEFAULT_BATCH)
     log.info("evaluate: Inception worker ready: %s", worker.ready)
     try:
         images, what = reference_images(cfg["data"], cfg["inception_ref_samples"])
@@ -110,7 +111,7 @@ def open_reference(cfg: dict, dev) -> inc.InceptionReference | None:
             f = worker(images)
             mu, sigma = gaussian_stats(f)
             return {"features": f, "mu": mu, "sigma": sigma,
-                    "radii": inc.knn_radii(f, device=dev)}
+                    "radii": inception.knn_radii(f, device=dev)}
 
         arrays, hit = cached_reference(path, compute, "precision_recall" in enabled)
     except BaseException:
@@ -125,7 +126,7 @@ def open_reference(cfg: dict, dev) -> inc.InceptionReference | None:
         info["kid"] = {"subsets": cfg["kid_subsets"], "kernel": "(a.b / d + 1)^3",
                        "subset_size": min(cfg["kid_subset_size"], n_fake, len(images))}
     if "precision_recall" in enabled:
-        info["precision_recall"] = {"k": inc.PR_NEIGHBOURS}
-    return inc.InceptionReference(
+        info["precision_recall"] = {"k": inception.PR_NEIGHBOURS}
+    return inception.InceptionReference(
         worker, arrays["features"], enabled, arrays["mu"], arrays["sigma"], arrays.get("radii"),
         cfg["kid_subsets"], cfg["kid_subset_size"], cfg["seed"], dev, info, worker.close)

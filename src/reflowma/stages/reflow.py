@@ -13,6 +13,7 @@ eval.json).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import torch
 from reflowma import models, objectives
 from reflowma.core import interpolant
 from reflowma.core.seeding import derive, device, fingerprint, generator
-from reflowma.infra import distributed as ddp
+from reflowma.infra import distributed
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import cpu_state_dict, save_model
 from reflowma.infra.storage.couplings import Couplings
@@ -90,8 +91,6 @@ def measure_pace(model, loss_fn, tr: dict, seed: int, steps: int = PACE_STEPS,
     the run's weights and random stream are untouched. The run's optimizer, amp and
     channels-last settings apply (not ``compile``: its compile time is no step's). The first
     ``warmup`` steps (lazy initialisation) are not timed."""
-    import copy
-
     m = copy.deepcopy(model)
     net = m
     if tr.get("channels_last"):
@@ -154,11 +153,11 @@ def time_plan(out: Path, budget_s: float, pace) -> dict:
         if plan.get("time_budget_s") == budget_s and plan.get("margin") == EQUAL_TIME_MARGIN:
             return plan
     pace_s = pace()
-    if ddp.world_size() > 1:  # every rank plans the same steps
-        pace_s = ddp.all_reduce([pace_s], "max")[0]
+    if distributed.world_size() > 1:  # every rank plans the same steps
+        pace_s = distributed.all_reduce([pace_s], "max")[0]
     plan = {"time_budget_s": budget_s, "pace_s_per_step": pace_s, "margin": EQUAL_TIME_MARGIN,
             "steps": planned_steps(budget_s, pace_s)}
-    if ddp.is_main():
+    if distributed.is_main():
         write_json(path, plan)
     log.info("time plan: budget %.3g s at %.3g s/step -> %d steps", budget_s, pace_s,
              plan["steps"])
@@ -185,8 +184,8 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     (``measure_pace``), recorded as ``metrics.time_plan``."""
     out = Path(out_dir)
     dev = device(cfg["device"])
-    ddp.init(dev)
-    dev, world = ddp.local_device(dev), ddp.world_size()
+    distributed.init(dev)
+    dev, world_size = distributed.local_device(dev), distributed.world_size()
     check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     teacher, meta, sha, C, ends = check_inputs(cfg, couplings_path, teacher_path, dev)
     K, shape = cfg["K"], tuple(meta["data_shape"])
@@ -201,14 +200,14 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     draws_on = dev if on_accelerator(tr.get("data_on_device", "auto"), dev) else None
     if draws_on is not None:
         ends = ends.to(draws_on)
-    g = generator(cfg["seed"], "reflow-train", K, *(("rank", ddp.rank()) if world > 1 else ()),
-                  device=draws_on)
+    ranks = ("rank", distributed.rank()) if world_size > 1 else ()
+    g = generator(cfg["seed"], "reflow-train", K, *ranks, device=draws_on)
     N = ends.shape[0]
     local = cfg  # the objectives see this rank's share of each batch
-    if world > 1:
-        local = {**cfg, "train": {**tr, "batch_size": ddp.shard_batch(
+    if world_size > 1:
+        local = {**cfg, "train": {**tr, "batch_size": distributed.shard_batch(
                      tr["batch_size"], "reflow.train.batch_size")},
-                 "regularizer": {**reg, "batch_size": ddp.shard_batch(
+                 "regularizer": {**reg, "batch_size": distributed.shard_batch(
                      reg["batch_size"], "reflow.regularizer.batch_size")
                      if reg["weight"] > 0 else reg["batch_size"]}}
     loss_fn = objectives.build(local, objectives.Context(ends, K, dev, teacher, tr["steps"]))
@@ -230,8 +229,8 @@ def run(cfg: dict, couplings_path, teacher_path, out_dir, on_log=None,
     ema, history = fit(student, loss_fn, tr, g, out / "state.pt", fp, f"reflow K={K}", on_log,
                        info)
     seconds = time.perf_counter() - t0
-    scale = {"world_size": world, "batch_per_rank": local["train"]["batch_size"]}
-    if not ddp.is_main():
+    scale = {"world_size": world_size, "batch_per_rank": local["train"]["batch_size"]}
+    if not distributed.is_main():
         return scale
     smeta = {"net": cfg["net"], "data_shape": list(shape), "data": meta["data"], "K": K,
              "teacher_sha256": sha, "fingerprint": fp}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from reflowma import data, models
 from reflowma.core import interpolant, losses, time_samplers
 from reflowma.core.seeding import derive, device, fingerprint, generator
-from reflowma.infra import distributed as ddp
+from reflowma.infra import distributed
 from reflowma.infra.storage.atomic import write_json
 from reflowma.infra.storage.checkpoint import cpu_state_dict, save_model
 from reflowma.registry import InputError
@@ -78,8 +78,8 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     generator; rank 0 alone evaluates and writes.
     """
     dev = device(cfg["device"])
-    ddp.init(dev)
-    dev, world = ddp.local_device(dev), ddp.world_size()
+    distributed.init(dev)
+    dev, world_size = distributed.local_device(dev), distributed.world_size()
     check_amp(cfg["train"].get("amp", "none"), dev)  # before anything is written
     data_sha = check_data_hash("teacher", cfg["data"])
     shape = data.data_shape(cfg["data"])  # reads a data file first: bad data writes nothing
@@ -88,12 +88,12 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     out = Path(out_dir)
     torch.manual_seed(derive(cfg["seed"], "teacher-init"))
     model = models.build(shape, cfg["net"]).to(dev)
-    ranks = ("rank", ddp.rank()) if world > 1 else ()
+    ranks = ("rank", distributed.rank()) if world_size > 1 else ()
     g = generator(cfg["seed"], "teacher-train", *ranks,
                   device=dev if resident is not None else None)
     ts = cfg["time_sampler"]
     sample_t = time_samplers.get(ts["name"])
-    bs = ddp.shard_batch(cfg["train"]["batch_size"], "teacher.train.batch_size")
+    bs = distributed.shard_batch(cfg["train"]["batch_size"], "teacher.train.batch_size")
     out.mkdir(parents=True, exist_ok=True)  # after the checks: bad inputs write nothing
 
     def loss_fn(m, step, gen):
@@ -109,8 +109,8 @@ def run(cfg: dict, out_dir, on_log=None) -> dict:
     fp = fingerprint(identity(cfg), list(shape))
     ema, history = fit(model, loss_fn, cfg["train"], g, out / "state.pt", fp, "teacher", on_log)
     seconds = time.perf_counter() - t0
-    scale = {"world_size": world, "batch_per_rank": bs}
-    if not ddp.is_main():
+    scale = {"world_size": world_size, "batch_per_rank": bs}
+    if not distributed.is_main():
         return scale
 
     eval_loss = eval_fm_loss(ema, cfg, dev)

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from reflowma.infra import distributed as ddp
+from reflowma.infra import distributed
 from reflowma.infra.signals import Interrupted, PreemptionSignals
 from reflowma.infra.storage import atomic, checkpoint
 from reflowma.registry import InputError
@@ -228,9 +228,9 @@ class FiniteGuard:
                 i = int(bad.nonzero()[0, 0])
                 first, value = self.steps[i], float(vals[i])
             self.steps, self.losses = [], []
-        if ddp.world_size() > 1:  # the earliest bad step of any rank, and its loss there
-            earliest = int(ddp.all_reduce([float(first)], "min")[0])
-            value = ddp.all_reduce([value if first == earliest else 0.0], "sum")[0]
+        if distributed.world_size() > 1:  # the earliest bad step of any rank, and its loss there
+            earliest = int(distributed.all_reduce([float(first)], "min")[0])
+            value = distributed.all_reduce([value if first == earliest else 0.0], "sum")[0]
             first = earliest
         if first != NO_STEP:
             raise NonFiniteLoss(f"{self.desc}: non-finite loss {value} at step {first} "
@@ -267,9 +267,9 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     ``time_budget_s`` and ``stopped_by`` (``"steps"`` or ``"time_budget"``).
     """
     state_path = Path(state_path)
-    world, rank = ddp.world_size(), ddp.rank()
-    if world > 1:  # a state of another world size holds other generators
-        fingerprint = f"{fingerprint}-ws{world}"
+    world_size, rank = distributed.world_size(), distributed.rank()
+    if world_size > 1:  # a state of another world size holds other generators
+        fingerprint = f"{fingerprint}-ws{world_size}"
     if generator.device.type != "cpu":  # a device generator's state is another kind
         fingerprint = f"{fingerprint}-gen-{generator.device.type}"
     dev = model_device(model)
@@ -280,24 +280,24 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     history: list[dict] = []
     start, spent = 0, 0.0  # steps done and training seconds of earlier (interrupted) runs
     budget = cfg.get("time_budget_s")
-    if ddp.is_main():
+    if distributed.is_main():
         atomic.sweep_stale(state_path)  # temporary files of a writer that was killed outright
-    ddp.barrier()
+    distributed.barrier()
     if state_path.exists():
         st = checkpoint.load(state_path)
         if st.get("fingerprint") == fingerprint:
             model.load_state_dict(st["model"])
             ema.load_state_dict(st["ema"])
             opt.load_state_dict(st["optimizer"])
-            generator.set_state(st["generators"][rank] if world > 1 else st["generator"])
-            set_global_rng_state((st.get("rngs") or [None] * world)[rank] if world > 1
+            generator.set_state(st["generators"][rank] if world_size > 1 else st["generator"])
+            set_global_rng_state((st.get("rngs") or [None] * world_size)[rank] if world_size > 1
                                  else st.get("rng"), dev)
             history, start = list(st["history"]), int(st["step"])
             spent = float(st.get("train_seconds", 0.0))
             log.info("resuming %s from step %d (%s)", desc, start, state_path)
         else:
             log.warning("ignoring %s: made with another config", state_path)
-    ddp.broadcast_params(model)
+    distributed.broadcast_params(model)
     lr0 = base_lr(cfg)
     guard = FiniteGuard(desc, lambda step: lr0 * lr_factor(step, cfg))
 
@@ -306,14 +306,14 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
 
     def save_state(step):
         guard.check()  # never a state with weights updated from a non-finite loss
-        if world > 1:  # a collective: every rank sends its generator, rank 0 writes
-            gens = ddp.gather_objects(generator.get_state())
-            rngs = ddp.gather_objects(global_rng_state(dev))
-            if ddp.is_main():
+        if world_size > 1:  # a collective: every rank sends its generator, rank 0 writes
+            gens = distributed.gather_objects(generator.get_state())
+            rngs = distributed.gather_objects(global_rng_state(dev))
+            if distributed.is_main():
                 checkpoint.save(state_path, {
                     "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                     "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                    "generators": gens, "rngs": rngs, "world_size": world,
+                    "generators": gens, "rngs": rngs, "world_size": world_size,
                     "history": history, "train_seconds": elapsed()})
             return
         checkpoint.save(state_path, {
@@ -326,8 +326,8 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
         """The history row of a step: floats (rank means under torchrun)."""
         names = list(extras)
         vals = [float(loss), *(float(extras[k]) for k in names)]
-        if world > 1:
-            vals = ddp.all_reduce(vals, "mean")
+        if world_size > 1:
+            vals = distributed.all_reduce(vals, "mean")
         return {"step": step1, "loss": vals[0], "lr": lr,
                 **dict(zip(names, vals[1:], strict=True))}
 
@@ -339,21 +339,21 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
     params, ema_params = list(model.parameters()), list(ema.parameters())
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg["steps"]), desc=desc, initial=start, total=cfg["steps"],
-               mininterval=1.0, dynamic_ncols=True, disable=not ddp.is_main())
+               mininterval=1.0, dynamic_ncols=True, disable=not distributed.is_main())
     done, stopped_by, last = start, "steps", None
     try:
         with PreemptionSignals() as sig:
             for step in bar:
                 if budget is not None:
                     over = budget_reached(elapsed(), budget)
-                    if world > 1:  # every rank stops at the same step (clocks need not agree)
-                        over = bool(ddp.all_reduce([float(over)], "max")[0])
+                    if world_size > 1:  # every rank stops at the same step (clocks need not agree)
+                        over = bool(distributed.all_reduce([float(over)], "max")[0])
                     if over:
                         stopped_by = "time_budget"
                         break
                 received = sig.received
-                if world > 1:  # every rank stops at the same step when any was signalled
-                    received = int(ddp.all_reduce([received or 0], "max")[0]) or None
+                if world_size > 1:  # every rank stops at the same step when any was signalled
+                    received = int(distributed.all_reduce([received or 0], "max")[0]) or None
                 if received is not None:
                     save_state(step)
                     raise Interrupted(received, step)
@@ -368,7 +368,7 @@ def fit(model: torch.nn.Module, loss_fn, cfg: dict, generator: torch.Generator,
                 logs = (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]
                 if logs:
                     guard.check()
-                optimizer_step(model, opt, loss, cfg["grad_clip"], ddp.average_gradients,
+                optimizer_step(model, opt, loss, cfg["grad_clip"], distributed.average_gradients,
                                params)
                 ema_update(ema_params, params, decay)
                 done = step + 1

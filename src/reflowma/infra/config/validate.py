@@ -4,8 +4,8 @@ what is allowed, before any work starts. What a dataset accepts is the data laye
 (``data.catalog``), what the Inception metrics need is the evaluation layer's
 (``evaluation.inception_inputs``): both torch-free, as the workflow's parse runs these checks.
 
-The registries (datasets of plug-ins, objectives, architectures) are imported on first use:
-they import torch."""
+The dataset and objective registries are imported on first use: they import torch (the
+architectures' registry names its built-ins as ``module:function`` and imports none)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from jsonschema.exceptions import best_match
 from reflowma.data import catalog
 from reflowma.evaluation import inception_inputs
 from reflowma.infra.config.errors import ConfigError
+from reflowma.models import MODELS
 
 STAGES = ("teacher", "couplings", "reflow", "evaluate", "classifier")
 SHARED = ("seed", "device", "data")  # a preset's top-level fields, shared by every stage
@@ -161,8 +162,6 @@ def _check_net(stage: str, net: dict) -> None:
 
 @lru_cache(maxsize=256)
 def _net_check(stage: str, net_json: str) -> None:
-    from reflowma.models import MODELS  # the registry: torch
-
     net = json.loads(net_json)
     if net["name"] not in MODELS:
         raise ConfigError(f"{stage}.net.name", f"unknown {net['name']!r}; allowed: "
