@@ -34,6 +34,7 @@ def test_make_bench_runs_run_py():
     assert res.stdout.split() == ["BIN/python", "benchmarks/run.py"]
 
 
+@pytest.mark.slow  # a benchmark section end to end: `make test-slow`, `make bench`
 def test_quick_evaluate_section(tmp_path):
     out = tmp_path / "bench.json"
     # a subset updates its sections of an existing file and keeps the others
@@ -67,6 +68,7 @@ def test_quick_evaluate_section(tmp_path):
 
 
 
+@pytest.mark.slow  # a benchmark section end to end: `make test-slow`, `make bench`
 def test_quick_step_section_reads_the_training_configs(tmp_path):
     """The step section times the arms on the nets and batch sizes the presets train with
     (alignment batch from params; --quick shrinks the batches only), each ratio against the

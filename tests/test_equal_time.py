@@ -167,6 +167,7 @@ def test_grid_equal_time_schema(tmp_path):
     assert e.value.field == "grid.equal_time" and "allowed: True, False" in str(e.value)
 
 
+@pytest.mark.slow  # a whole workflow; the comparison logic is tested on records above
 def test_workflow_equal_time(tmp_path):
     """A real Snakemake run of a tiny grid with ``equal_time: true`` (preset smoke, K = 1,
     lam in {0, 0.1}, 2 seeds): each twin's reflow job starts after its regularized student's

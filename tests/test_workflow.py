@@ -74,6 +74,7 @@ def grid_run(tmp_path):
     return tmp_path, gpath, grid, cfg
 
 
+@pytest.mark.slow  # two workflow runs; test_user_datasets reruns exactly its jobs by default
 def test_grid_edit_reruns_only_affected_points(grid_run):
     workdir, gpath, grid, cfg = grid_run
     res = snakemake(workdir, "-n", *cfg)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from reflowma.infra.storage import checkpoint
@@ -22,6 +23,7 @@ SHARED = (6, 7)  # these two processes write into the same output folder
 ROUNDS = 6  # writes of each version by each writer process
 
 
+@pytest.mark.slow  # eight training processes on 2 cores
 def test_eight_teachers_at_once_share_a_runs_folder(tmp_path):
     runs = tmp_path / "runs"
     outs = {i: tmp_path / ("shared" if i in SHARED else f"out{i}") for i in range(N)}
