@@ -62,7 +62,7 @@ def test_logdet_table_is_the_mean_over_seeds(tmp_path):
         abs_gaps.append(float(((s * A).sum(-1) - ex).abs().mean()))
         gaps.append(abs_gaps[-1] / float(ex.abs().mean()))
     assert row["exact"] == pytest.approx(sum(exact) / 2, rel=1e-9)
-    assert row["seeds"] == 2 and row["runs"] == "1, 3"
+    assert row["seeds"] == 2 and row["run ids"] == "1, 3"
     assert row["first-order gap"] == pytest.approx(sum(abs_gaps) / 2, rel=1e-9)
     assert row["first-order gap %"] == pytest.approx(100 * sum(gaps) / 2, rel=1e-9)
     assert row["Hutchinson gap %"] == pytest.approx(row["first-order gap %"], rel=1e-9)

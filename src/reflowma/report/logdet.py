@@ -81,7 +81,7 @@ def table(long: pd.DataFrame, dataset: str) -> pd.DataFrame:
             row[f"series {o} probe gap %"] = 100 * m(f"series{o}_hutchinson.gap_rel")
         row.update({"ρ median": m("rho_median"), "ρ ≥ 1": m("rho_ge_1"),
                     "folded": m("folded"),
-                    "runs": ", ".join(str(i) for i in sorted(g["run_id"]))})
+                    "run ids": ", ".join(str(i) for i in sorted(g["run_id"]))})
         out.append(row)
     return pd.DataFrame(sorted(out, key=lambda r: (collect.job_key(r["method"]), r["window"])))
 
@@ -92,14 +92,30 @@ def _cell(v) -> str:
     return str(v)
 
 
+def short_methods(methods: list[str]) -> list[str]:
+    """Grid point names without the ``alias~value`` segments every one of them shares."""
+    parts = [m.split("/") for m in methods]
+    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
+    return ["/".join(x for x in p if x not in shared) or m
+            for p, m in zip(parts, methods, strict=True)]
+
+
 def markdown_text(dataset: str, t: pd.DataFrame) -> str:
-    """The table split to ``markdown.WIDTH`` columns (method and window repeated in each part)
-    and its note."""
-    rows = [[_cell(v) for v in r] for r in t.values.tolist()]
-    return (markdown.table(list(t.columns), rows, keys=2,
+    """The relative gaps and the spectrum, split to ``markdown.WIDTH`` columns (method and
+    window repeated in each part), and its note; the gaps in nats and the probe-series gaps are
+    in the CSV."""
+    shown = [c for c in t.columns if c in ("window", "seeds", "exact", "h tr J", "probe sd",
+                                           "ρ median", "ρ ≥ 1", "folded", "run ids")
+             or (c.endswith("gap %") and "probe" not in c)]
+    common = sorted(set.intersection(*(set(m.split("/")) for m in t["method"])))
+    rows = [[_cell(v) for v in r] for r in zip(short_methods(list(t["method"])),
+                                                *(t[c] for c in shown), strict=True)]
+    note = NOTE + (f" Every method here has {'/'.join(common)}." if common else "") + (
+        " The gaps in nats and the one-probe series gaps: the CSV.")
+    return (markdown.table(["method", *shown], rows, keys=2,
                            title=f"### {dataset}, log-det of the window map: exact vs its "
                                  "approximations")
-            + "\n" + markdown.bullets([NOTE]))
+            + "\n" + markdown.bullets([note]))
 
 
 def tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
