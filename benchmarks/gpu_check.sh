@@ -53,9 +53,10 @@ $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torc
 
 echo "== 1. benchmark (benchmarks/gpu_bench.py)"
 left=$((BUDGET_S - (SECONDS - T0) - WORKFLOW_S))
-if ! $PY benchmarks/gpu_bench.py --device "$DEVICE" --budget-s "$left" --out-dir "$RESULTS_DIR" \
-  --work "$W/bench"; then
-  rc=$?
+$PY benchmarks/gpu_bench.py --device "$DEVICE" --budget-s "$left" --out-dir "$RESULTS_DIR" \
+  --work "$W/bench"
+rc=$?
+if [ "$rc" -ne 0 ]; then
   echo "gpu_bench.py exited with $rc"
   if ! ls "$RESULTS_DIR"/gpu_*.json >/dev/null 2>&1; then  # the JSON exists in every case
     printf '{"device_type": "%s", "error": "gpu_bench.py exited with %s before writing"}\n' \
