@@ -18,6 +18,8 @@ from reflowma.infra.runs import load_runs
 from reflowma.report import build_report, claims, markdown, reverdict
 from reflowma.report import stats as report_stats
 
+from .records import write_evaluate_record
+
 BASE1, REG1 = "K~1/lam~0.0/ws~1.0", "K~1/lam~0.1/ws~1.0"
 BASE2, REG2 = "K~2/lam~0.0/ws~1.0", "K~2/lam~0.1/ws~1.0"
 
@@ -41,20 +43,14 @@ def write_runs(root: Path, effect: dict, seeds=(0, 1, 2), tele_ok=True, shift=0.
         for point, K, f in ((BASE1, 1, 1.0), (REG1, 1, effect[1]), (BASE2, 2, 1.0),
                             (REG2, 2, effect[2])):
             rid += 1
-            d = root / str(rid)
-            d.mkdir(parents=True)
             noise = 1 + 0.01 * rng.standard_normal(3)
             res = _result(K, f * noise[0] + shift, f * noise[1] * 0.5, f * noise[2] * 0.1,
                           0.3 + 0.001 * seed, tele_ok=tele_ok or rid > 1)
             if fd_effect is not None:
                 fd = fd_effect[K] if point in (REG1, REG2) else 1.0
                 res["nfe"][str(K)]["fd_classifier"] = 100 * fd * (1 + 0.01 * noise[0])
-            (d / "run.json").write_text(json.dumps({
-                "status": "COMPLETED", "start_time": f"2026-01-01T00:00:{rid:02d}.000000",
-                "stop_time": f"2026-01-01T00:01:{rid:02d}.000000", "result": res}))
-            (d / "info.json").write_text(json.dumps({
-                "job": f"evaluate/8gaussians/seed~{seed}/{point}", "stage": "evaluate"}))
-            (d / "config.json").write_text(json.dumps({"seed": seed}))
+            write_evaluate_record(root, rid, f"evaluate/8gaussians/seed~{seed}/{point}", seed,
+                                  res)
     return root
 
 

@@ -16,6 +16,8 @@ from reflowma.infra.runs import load_runs
 from reflowma.report import build_report
 from reflowma.report import logdet as RL
 
+from .records import write_evaluate_record
+
 POINTS = {"K~1/lam~0.0/ws~1.0": 1, "K~2/lam~0.0/ws~1.0": 2}
 
 
@@ -35,15 +37,8 @@ def write_runs(root: Path, seeds=(0, 1)) -> Path:
     for seed in seeds:
         for point, K in POINTS.items():
             rid += 1
-            d = root / str(rid)
-            d.mkdir(parents=True)
             res = {"K": K, "nfe": {}, "logdet": _section(K, 1.0 + 0.5 * seed, seed)}
-            (d / "run.json").write_text(json.dumps({
-                "status": "COMPLETED", "start_time": f"2026-01-01T00:00:{rid:02d}.000000",
-                "stop_time": f"2026-01-01T00:01:{rid:02d}.000000", "result": res}))
-            (d / "info.json").write_text(json.dumps({
-                "job": f"evaluate/digits/seed~{seed}/{point}", "stage": "evaluate"}))
-            (d / "config.json").write_text(json.dumps({"seed": seed}))
+            write_evaluate_record(root, rid, f"evaluate/digits/seed~{seed}/{point}", seed, res)
     return root
 
 
