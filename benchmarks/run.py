@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from reflowma.infra.storage import atomic
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 OUT = REPO / "benchmarks" / "results" / "latest.json"
@@ -542,10 +544,8 @@ def main() -> None:
                      # the machine's 1-minute load average as the section started and ended
                      "loadavg": [load[0], os.getloadavg()[0]]}
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(out)
+        # after each section: a later failure keeps what was measured
+        atomic.write_json(out, res, sort_keys=False)
     print(f"\n{'key':<42} {'value':>10} {'goal':>9}  met")
     for key, (op, goal) in GOALS.items():
         v = lookup(res, key)
