@@ -178,13 +178,20 @@ def bench_couplings(args) -> dict:
         unet = _trained_teacher("mnist", ["train.steps=10", "train.warmup_steps=2"]
                                 if args.quick else ["train.steps=300", "train.warmup_steps=50"],
                                 Path(tmp))
+        torch.manual_seed(0)  # the same teacher but its time embedding's fastest frequency
+        (Path(tmp) / "smooth").mkdir()
+        smooth = _trained_teacher("toy", [*(["train.steps=300"] if args.quick else []),
+                                          f"net.time_max_freq={SMOOTH_TIME_MAX_FREQ}"],
+                                  Path(tmp) / "smooth")
     z = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
 
     # the curves: one chunk of rows, against a tight RK4 solve
     rows = z[: 512 if args.quick else 4096]
     toy_steps = list(range(8, 2 * ref_steps + 1, 24 if args.quick else 2))
-    nfe = {"toy": cn.curves(net, rows, None, toy_steps, ref_steps,
-                            [2, 3] if args.quick else [x / 2 for x in range(4, 17)])}
+    levels = [2, 3] if args.quick else [x / 2 for x in range(4, 17)]
+    nfe = {"toy": cn.curves(net, rows, None, toy_steps, ref_steps, levels),
+           "toy_smooth_time": cn.curves(smooth, rows, None, [2, 4, 8, 16] if args.quick else
+                                        SMOOTH_STEPS, ref_steps, levels)}
     ms = config.stage_config("couplings", "mnist")["steps"]
     zi = torch.randn(4 if args.quick else 64, 1, 28, 28,
                      generator=torch.Generator().manual_seed(1))
@@ -192,7 +199,9 @@ def bench_couplings(args) -> dict:
                                   list(range(1, 2 * ms + 1)), ms,
                                   [1, 2] if args.quick else [x / 2 for x in range(2, 11)])
     figure = Path(args.out).with_name("couplings_nfe.png")
-    cn.figure({"toy teacher (MLP)": nfe["toy"], "mnist UNet": nfe["mnist_unet"]}, figure)
+    cn.figure({"toy teacher (MLP)": nfe["toy"],
+               f"toy teacher, time_max_freq {SMOOTH_TIME_MAX_FREQ:g}": nfe["toy_smooth_time"],
+               "mnist UNet": nfe["mnist_unet"]}, figure)
 
     # the headline option at the reference's error, timed against the reference (same chunks)
     head = nfe["toy"]["equal_error"][HEADLINE]
@@ -240,11 +249,52 @@ def bench_couplings(args) -> dict:
             # batching no solver sharing that network can be faster than 1 / this
             "net_call_fraction": _net_call_fraction(net, z, times, ref_steps, reps, chunk),
             "nfe": nfe, "figure": str(figure),
+            "time_embedding": _time_embedding(nfe, {"default": net, "smooth": smooth}, times,
+                                              ref_steps, 1000 if args.quick else 4000),
             "unet": _couplings_unet(args, unet)}
 
 
 # the option whose equal-error NFE and time are the couplings headlines (``couplings_nfe``)
 HEADLINE = "rk38 fitted"
+# the toy teacher again with its time embedding's fastest frequency at 16 radians per unit t
+# (1000 by default: a period of 1/160, aliased by every solve on the curves), and its steps
+SMOOTH_TIME_MAX_FREQ = 16.0
+SMOOTH_STEPS = [2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 128]
+
+
+def _time_embedding(nfe: dict, nets: dict, times, ref_steps: int, n: int) -> dict:
+    """What the teacher's time embedding costs the couplings solve: the toy teacher trained
+    as the preset trains it, once with the default embedding and once with
+    ``net.time_max_freq`` at ``SMOOTH_TIME_MAX_FREQ``. ``reference_nfe_at_default_error``: the
+    fewest NFE from which on the reference (torchdiffeq rk4, uniform) keeps the smooth teacher's
+    solve at or below the default teacher's equal-error target; the saving is the default
+    teacher's NFE at its default steps over that. ``teacher_w2_data``: W2 of each teacher's
+    samples (rk38 at the default steps) to as many data draws, beside two data draws' W2 (the
+    floor at this n): both teachers fit the data equally, or the saving is no like for like."""
+    import couplings_nfe as cn
+
+    from reflowma import data
+    from reflowma.core import solvers
+    from reflowma.evaluation import metrics
+    from reflowma.infra import config
+
+    point = nfe["toy"]["reference_point"]
+    n_smooth = cn.robust_nfe(nfe["toy_smooth_time"]["curves"][cn.REFERENCE], point["target"])
+    dcfg = config.stage_config("teacher")["data"]
+    x_data = data.load(dcfg, n, torch.Generator().manual_seed(2))
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(3))
+    w2 = {name: metrics.w2_unpaired(solvers.solve(f, z, times, ref_steps, "rk38")[-1], x_data)
+          for name, f in nets.items()}
+    w2["data_floor"] = metrics.w2_unpaired(data.load(dcfg, n, torch.Generator().manual_seed(4)),
+                                           x_data)
+    return {"max_freq": {"default": float(nets["default"].embed.freqs.max().round()),
+                         "smooth": float(nets["smooth"].embed.freqs.max().round())},
+            "error_at_default_steps": {
+                "default": point["error"],
+                "smooth": nfe["toy_smooth_time"]["reference_point"]["error"]},
+            "reference_nfe_at_default_error": n_smooth,
+            "nfe_saving_at_equal_error": point["nfe"] / n_smooth if n_smooth else None,
+            "teacher_w2_data": w2}
 
 
 def _couplings_unet(args, net) -> dict:
@@ -502,6 +552,7 @@ GOALS = {"couplings.speedup_vs_torchdiffeq": (">=", 1.3),
 CONTEXT = ("couplings.equal_nfe_time_ratio", "couplings.net_call_fraction",
            "couplings.whole_batch_time_ratio", "couplings.mlp_fast_path_gain",
            "couplings.activation_fraction", "couplings.unet.equal_nfe_time_ratio",
+           "couplings.time_embedding.nfe_saving_at_equal_error",
            "dag.jobs_10k_s", "dag.jobs_10k_s_snakemake_floor", "dag.jobs_1k_vs_floor")
 
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from reflowma import models
+from reflowma.infra import config
+from reflowma.infra.config.errors import ConfigError
 from reflowma.models import MODELS
 from reflowma.models.mlp import MLPVelocity, SinusoidalTimeEmbedding
 from reflowma.registry import UnknownName
@@ -57,6 +59,26 @@ def test_time_embedding_is_sin_cos_at_log_spaced_frequencies():
     torch.testing.assert_close(emb(t), want)
     with pytest.raises(ValueError, match="even and >= 4"):
         SinusoidalTimeEmbedding(5)
+
+
+@pytest.mark.parametrize("preset, shape", [("toy", (2,)), ("mnist", (1, 28, 28))])
+def test_net_time_max_freq_sets_the_fastest_time_feature_and_absent_keeps_1000(preset, shape):
+    default = config.stage_config("teacher", preset)
+    assert "time_max_freq" not in default["net"]  # existing runs keep their fingerprints
+    assert float(models.build(shape, default["net"]).embed.freqs.max()) == pytest.approx(1000.0)
+    cfg = config.stage_config("teacher", preset, ["net.time_max_freq=16"])
+    emb = models.build(shape, cfg["net"]).embed
+    t = torch.tensor([0.1, 0.7])
+    half = emb.freqs.numel()
+    # the last sin/cos pair is exactly sin(16 t), cos(16 t); every other frequency is lower
+    assert torch.allclose(emb(t)[:, half - 1], torch.sin(16 * t), atol=1e-6)
+    assert torch.allclose(emb(t)[:, -1], torch.cos(16 * t), atol=1e-6)
+    assert float(emb.freqs.max()) == pytest.approx(16.0)
+
+
+def test_a_time_max_freq_of_at_most_one_names_the_field():
+    with pytest.raises(ConfigError, match=r"teacher\.net\.time_max_freq: .*must be > 1"):
+        config.stage_config("teacher", "toy", ["net.time_max_freq=1"])
 
 
 def test_the_registry_builds_mlp_by_name_and_by_default():

@@ -67,10 +67,19 @@ def shared_time(t: torch.Tensor) -> bool:
         return False
 
 
-class SinusoidalTimeEmbedding(nn.Module):
-    """Fixed sin/cos features of t at log-spaced frequencies ``max_freq ** (i / (dim/2 - 1))``."""
+# the highest time-embedding frequency (radians per unit t) when ``net.time_max_freq`` is absent
+TIME_MAX_FREQ = 1000.0
 
-    def __init__(self, dim: int, max_freq: float = 1000.0):
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Fixed sin/cos features of t at log-spaced frequencies ``max_freq ** (i / (dim/2 - 1))``.
+
+    t runs over [0, 1], so ``max_freq`` is in radians per unit t: an ODE solver needs a few steps
+    per period of the fastest feature to resolve the velocity's variation in t (at 1000, a
+    period is 1/160 of the path: a 64-step solve aliases it; at 16, eight steps resolve it).
+    """
+
+    def __init__(self, dim: int, max_freq: float = TIME_MAX_FREQ):
         super().__init__()
         if dim % 2 or dim < 4:
             raise ValueError(f"time_embed_dim must be even and >= 4, got {dim}")
@@ -86,14 +95,15 @@ class SinusoidalTimeEmbedding(nn.Module):
 class MLPVelocity(nn.Module):
     """MLP velocity field for data of any shape (flattened to ``dim``), time-embedded input."""
 
-    def __init__(self, data_shape, width=256, depth=3, activation="silu", time_embed_dim=32):
+    def __init__(self, data_shape, width=256, depth=3, activation="silu", time_embed_dim=32,
+                 time_max_freq=TIME_MAX_FREQ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; allowed: {sorted(ACTIVATIONS)}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = int(math.prod(self.data_shape))
         self.activation = activation
-        self.embed = SinusoidalTimeEmbedding(time_embed_dim)
+        self.embed = SinusoidalTimeEmbedding(time_embed_dim, time_max_freq)
         layers, d_in = [], self.dim + time_embed_dim
         for _ in range(depth):
             layers += [nn.Linear(d_in, width), ACTIVATIONS[activation]()]
@@ -163,5 +173,6 @@ class MLPVelocity(nn.Module):
 
 def build(data_shape, cfg: dict) -> MLPVelocity:
     """Network from the ``net`` section of a stage config."""
-    return MLPVelocity(data_shape, cfg["width"], cfg["depth"], cfg["activation"],
-                       cfg["time_embed_dim"])
+    return MLPVelocity(data_shape, width=cfg["width"], depth=cfg["depth"],
+                       activation=cfg["activation"], time_embed_dim=cfg["time_embed_dim"],
+                       time_max_freq=cfg.get("time_max_freq", TIME_MAX_FREQ))

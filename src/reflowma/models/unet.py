@@ -47,7 +47,7 @@ from torch.autograd import forward_ad
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reflowma.models.mlp import SinusoidalTimeEmbedding, shared_time
+from reflowma.models.mlp import TIME_MAX_FREQ, SinusoidalTimeEmbedding, shared_time
 
 
 class GroupNorm(nn.GroupNorm):
@@ -126,7 +126,7 @@ class UNetVelocity(nn.Module):
 
     def __init__(self, data_shape, channels=128, channel_mult=(1, 2, 2, 2), res_blocks=2,
                  attention_resolutions=(16,), dropout=0.0, heads=1, norm_groups=32,
-                 time_embed_dim=None):
+                 time_embed_dim=None, time_max_freq=TIME_MAX_FREQ):
         super().__init__()
         if len(data_shape) != 3:
             raise ValueError(f"net.name: unet needs image data [C, H, W], got shape "
@@ -139,7 +139,7 @@ class UNetVelocity(nn.Module):
                              f"{levels - 1} times; {H}x{W} is not divisible by "
                              f"{2 ** (levels - 1)}")
         emb = 4 * channels
-        self.embed = SinusoidalTimeEmbedding(time_embed_dim or channels)
+        self.embed = SinusoidalTimeEmbedding(time_embed_dim or channels, time_max_freq)
         self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim or channels, emb), nn.SiLU(),
                                       nn.Linear(emb, emb))
         attn = set(int(r) for r in attention_resolutions)
@@ -225,6 +225,9 @@ class Upsample(nn.Module):
 
 def build(data_shape, cfg: dict) -> UNetVelocity:
     """Network from the ``net`` section of a stage config (fields: ``$defs/net_unet``)."""
-    return UNetVelocity(data_shape, cfg["channels"], tuple(cfg["channel_mult"]),
-                        cfg["res_blocks"], tuple(cfg["attention_resolutions"]), cfg["dropout"],
-                        cfg["heads"], cfg["norm_groups"])
+    return UNetVelocity(data_shape, channels=cfg["channels"],
+                        channel_mult=tuple(cfg["channel_mult"]), res_blocks=cfg["res_blocks"],
+                        attention_resolutions=tuple(cfg["attention_resolutions"]),
+                        dropout=cfg["dropout"], heads=cfg["heads"],
+                        norm_groups=cfg["norm_groups"],
+                        time_max_freq=cfg.get("time_max_freq", TIME_MAX_FREQ))
