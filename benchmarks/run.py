@@ -248,7 +248,7 @@ def bench_couplings(args) -> dict:
             # the share of our solve spent inside the network's calls: at equal NFE and equal
             # batching no solver sharing that network can be faster than 1 / this
             "net_call_fraction": _net_call_fraction(net, z, times, ref_steps, reps, chunk),
-            "nfe": nfe, "figure": str(figure),
+            "nfe": nfe, "figure": figure.name,
             "time_embedding": _time_embedding(nfe, {"default": net, "smooth": smooth}, times,
                                               ref_steps, 1000 if args.quick else 4000),
             "unet": _couplings_unet(args, unet)}
