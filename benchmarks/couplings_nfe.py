@@ -3,14 +3,15 @@ on a trained teacher: the curves of ``make bench``'s couplings section and its f
 
 Every option is a couplings config (the preset's, with the option's fields) solved the way the
 stage solves it (``couplings.step_grid``, ``solvers.solve``) on one chunk of starting points;
-the reference is torchdiffeq's fixed-grid ``rk4`` on a uniform grid of the same stored times.
+the reference is torchdiffeq's fixed-grid ``rk4`` on the uniform grid the project's solvers use
+(``time_grids.uniform``: it steps onto every stored time, so no state is interpolated).
 The error of a solve is the largest, over the stored times (the window ends), of the RMS over
 rows of its distance to a tight solve (RK4 at ``TIGHT`` times the most steps on the curve).
 NFE are per row; the fitted grid's pilot (``pilot_size`` rows, three solves' NFE) is counted,
 spread over the ``n_train + n_test`` rows of the preset's file. ``equal_error``: each option's
 fewest NFE from which on its error stays at or below the reference's at its default steps
-(``robust_nfe``), and the saving: the reference's NFE at its default steps (what a user runs
-today) over that. The target is never below twice the reference's floor (the lowest error on
+(``robust_nfe``), and the saving: the reference's NFE at its default steps (the preset's
+``steps``) over that. The target is never below twice the reference's floor (the lowest error on
 its curve; on a teacher whose flow is nearly straight its default steps already sit there, and
 more steps are rounding noise). ``reference_point.robust_nfe`` is the reference's own NFE
 counted the option's way, for reading the jaggedness of its curve; savings never divide by it
@@ -21,13 +22,14 @@ them is noise, not a solver's gain).
 from __future__ import annotations
 
 import torch
+from torchdiffeq import odeint
 
 from reflowma.core import interpolant, solvers, time_grids
 from reflowma.infra import config
 from reflowma.stages import couplings
 
 TIGHT = 8
-# option -> couplings fields; dopri5's step count is its tolerance (rtol = 10^-steps / 4)
+# option -> couplings fields; dopri5's step count is its tolerance level (dopri5_tolerances)
 OPTIONS = {
     "rk4 uniform": {"solver": "rk4"},
     "rk38 uniform": {"solver": "rk38"},
@@ -83,15 +85,19 @@ def solve_option(net, z, cfg: dict, steps, total_rows: int):
 
 
 def solve_reference(net, z, times, steps: int):
-    """torchdiffeq's fixed-grid rk4 (Kutta's 3/8 rule) on a uniform grid of ``steps`` per unit:
-    the states at ``times``, and its NFE per row."""
-    from torchdiffeq import odeint
+    """torchdiffeq's fixed-grid rk4 (Kutta's 3/8 rule) on ``time_grids.uniform(times, steps)``
+    (its step size alone would interpolate the states at stored times off its grid): the
+    states at ``times``, and its NFE per row."""
+    grid = time_grids.step_times(time_grids.uniform(times, steps), times[-1])
+
+    def constructor(func, y0, t):
+        return torch.tensor(grid, dtype=t.dtype, device=t.device)
 
     with torch.no_grad():
         states = odeint(lambda t, x: net(x, t.expand(x.shape[0])), z,
                         torch.tensor(times, dtype=z.dtype), method="rk4",
-                        options={"step_size": 1.0 / steps})
-    return states, 4 * steps
+                        options={"grid_constructor": constructor})
+    return states, 4 * (len(grid) - 1)
 
 
 def error(states, tight) -> float:
@@ -117,13 +123,14 @@ def curves(net, z, preset: str | None, steps_list, ref_steps: int, levels) -> di
         st, nfe = solve_reference(net, z, times, s)
         ref_curve.append({"steps": s, "nfe": nfe, "error": error(st, tight)})
     out["curves"][REFERENCE] = ref_curve
-    ref_error = next(p["error"] for p in ref_curve if p["steps"] == ref_steps)
+    ref_error, ref_nfe_default = next((p["error"], p["nfe"]) for p in ref_curve
+                                      if p["steps"] == ref_steps)
     # the reference's floor: more steps do not take it lower (rounding, its own time grid), and
     # near it a curve is jagged noise where "stays below" means nothing
     floor = min(p["error"] for p in ref_curve)
     target = max(ref_error, 2 * floor)
     ref_nfe = robust_nfe(ref_curve, target)
-    out["reference_point"] = {"steps": ref_steps, "nfe": 4 * ref_steps, "error": ref_error,
+    out["reference_point"] = {"steps": ref_steps, "nfe": ref_nfe_default, "error": ref_error,
                               "floor": floor, "target": target, "robust_nfe": ref_nfe}
     eq = {}
     for name, fields in OPTIONS.items():
@@ -135,7 +142,7 @@ def curves(net, z, preset: str | None, steps_list, ref_steps: int, levels) -> di
         out["curves"][name] = points
         n = robust_nfe(points, target)
         eq[name] = {"nfe": n, "steps": next((p["steps"] for p in points if p["nfe"] == n), None),
-                    "nfe_saving": 4 * ref_steps / n if n else None}
+                    "nfe_saving": ref_nfe_default / n if n else None}
     out["equal_error"] = eq
     return out
 
@@ -154,7 +161,7 @@ def robust_nfe(points, target: float):
 def figure(results: dict, path) -> None:
     """Error against NFE, one panel per teacher: every option, the reference, the equal-error
     target (dotted) and the reference's floor (dashed)."""
-    import matplotlib
+    import matplotlib  # here, not at the top: the backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -58,7 +58,9 @@ class Job:
 
 
 def step_counts(times, steps: int) -> list[int]:
-    """``core.solvers.step_counts`` (repeated here: this module imports no torch)."""
+    """The steps per segment of ``core.time_grids.uniform`` (repeated here: this module imports
+    no torch; the power and fitted grids place about as many in all, the fitted grid's pilot
+    aside)."""
     return [max(1, round(steps * (b - a))) for a, b in zip(times[:-1], times[1:], strict=True)]
 
 

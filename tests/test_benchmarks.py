@@ -112,6 +112,31 @@ def test_quick_step_section_reads_the_training_configs(tmp_path):
     assert any(w.startswith("step.shared.exact_vs_control_d2") for w in lines)
 
 
+def test_reference_solve_steps_onto_every_stored_time():
+    """torchdiffeq's rk4 is Kutta's 3/8 rule, the project's ``rk38``: on the same uniform grid
+    the two are one computation, so at step counts whose step size does not divide the window
+    ends (10 per unit: 2 or 3 steps per quarter) the reference agrees with ``rk38`` to float32
+    rounding (a few ulp per step on states of order 1: 1e-5 is well above it), and its NFE
+    counts the steps that grid takes. Interpolating between steps instead would be off by
+    the state's curvature times h^2 ~ 1e-2 here."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import couplings_nfe as cn
+    import torch
+
+    from reflowma.core import solvers, time_grids
+
+    def net(x, t):  # a curved flow: its states between steps are far from linear in t
+        return torch.stack([torch.cos(6 * t) * 3 + x[:, 1], -x[:, 0]], 1)
+
+    times = [0.0, 0.25, 0.5, 0.75, 1.0]
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    for steps in (10, 14):
+        states, nfe = cn.solve_reference(net, z, times, steps)
+        ours = solvers.solve(net, z, times, steps, "rk38")
+        assert torch.allclose(states, ours, atol=1e-5, rtol=0), steps
+        assert nfe == 4 * time_grids.n_steps(time_grids.uniform(times, steps))
+
+
 def test_equal_error_target_stays_above_the_reference_floor():
     """A small random MLP flow at 48 steps: torchdiffeq's error already sits at its floor
     (rounding, its own time grid: every point of its curve within a few percent of ~1e-6), so
