@@ -283,6 +283,11 @@ def test_cli_bad_counterexample_file_is_an_input_error(tmp_path, capsys):
                          "--no-figures", "--counterexample", str(p)]) == 2, why
         err = capsys.readouterr().err
         assert "--counterexample" in err and str(p) in err, (why, err)
+    # the paths are checked first: a missing runs folder is named, not the bad counterexample
+    assert cli.main(["report", "--runs", str(tmp_path / "nowhere"), "--out",
+                     str(tmp_path / "rep"), "--no-figures", "--counterexample", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "runs folder" in err and "nowhere" in err and "--counterexample" not in err, err
     # the file `reflowma theory counterexample` writes passes the same check
     from reflowma.theory import counterexample as ce
 

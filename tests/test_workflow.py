@@ -182,6 +182,26 @@ def test_slurm_profile_gives_each_job_its_presets_threads(tmp_path):
     assert cpus.count("2") >= len(omp), cpus  # every job that runs the CLI gets 2 CPUs
 
 
+def test_single_process_rules_reserve_one_ranks_threads(tmp_path):
+    """`nproc` ranks of `threads` each: a torchrun job reserves nproc x threads cores, and the
+    rules that run one process whatever `nproc` says (evaluate, classifier) reserve one rank's
+    threads, not cores they never use."""
+    preset = yaml.safe_load((REPO / "params/presets/toy.yaml").read_text())
+    preset["resources"] = {"default": {"nproc": 2, "threads": 3}}
+    (tmp_path / "np2.yaml").write_text(yaml.safe_dump(preset))
+    res = snakemake(tmp_path, "-n", "--cores", "16", "--config",
+                    f"preset={tmp_path / 'np2.yaml'}", f"results={tmp_path}/results")
+    assert res.returncode == 0, res.stderr[-2000:]
+    threads, rule = {}, None
+    for line in res.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("threads:"):
+            threads.setdefault(rule, set()).add(int(line.split()[1]))
+    assert threads["teacher"] == threads["reflow"] == {6}, threads
+    assert threads["evaluate"] == {3}, threads
+
+
 def test_lint_accepts_only_the_lint_of_the_one_environment(tmp_path):
     """`make lint`'s `snakemake --lint` (workflow/scripts/lint.py) passes on the workflow, whose
     rules declare no conda environment (they run Snakemake's own interpreter), and fails on any

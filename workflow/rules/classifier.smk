@@ -9,7 +9,7 @@ rule classifier:
         metrics=f"{RESULTS}/classifier/{{dataset}}/seed~{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/classifier/{{dataset}}/seed~{{seed}}.log",
-    threads: job_threads("classifier")
+    threads: job_threads("classifier", rule_nproc=1)
     resources:
         **slurm_resources("classifier"),
     shell:

@@ -100,9 +100,11 @@ def nproc(rule_name):
     return int(res(rule_name, "nproc", 1))
 
 
-def job_threads(rule_name):
-    """Cores of one job: `threads` per rank times its ranks (--cpus-per-task on Slurm)."""
-    return res(rule_name, "threads", 1) * nproc(rule_name)
+def job_threads(rule_name, rule_nproc=None):
+    """Cores of one job: `threads` per rank times its ranks (--cpus-per-task on Slurm); a rule
+    that runs one process whatever `nproc` says passes `rule_nproc=1`, as to job_cmd."""
+    ranks = nproc(rule_name) if rule_nproc is None else rule_nproc
+    return res(rule_name, "threads", 1) * ranks
 
 
 def slurm_resources(rule_name):

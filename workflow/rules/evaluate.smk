@@ -12,7 +12,7 @@ rule evaluate:
         samples=f"{RESULTS}/eval/{{dataset}}/seed~{{seed}}/{{point}}/samples.npz",
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/seed~{{seed}}/{{point}}.log",
-    threads: job_threads("evaluate")
+    threads: job_threads("evaluate", rule_nproc=1)
     resources:
         **slurm_resources("evaluate"),
     params:

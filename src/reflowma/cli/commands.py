@@ -29,8 +29,7 @@ def report(counterexample=None, **flags) -> int:
     from reflowma.report import command  # matplotlib: imported on use, not for --help
     from reflowma.theory.counterexample import for_report  # numpy: imported on use
 
-    cex, source = for_report(counterexample)
-    return command.main(**flags, counterexample=cex, counterexample_source=source)
+    return command.main(**flags, counterexample=lambda: for_report(counterexample))
 
 
 def counterexample_args() -> tuple[Arg, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from reflowma.infra import grid as rgrid
@@ -31,10 +32,11 @@ def default_paths(preset: str | None, runs=None, out=None) -> tuple:
 
 def main(runs=None, out=None, grid=None, preset=None, no_figures: bool = False,
          keep_going_figures: bool = False, compare=None, record=None,
-         counterexample: dict | None = None, counterexample_source: str = "") -> int:
+         counterexample: Callable[[], tuple[dict, str]] | None = None) -> int:
     """Write the report (``build_report``, and ``compare/`` against ``compare``); 1 when a
-    figure fails (unless ``keep_going_figures``), else 0. ``counterexample`` is Theorem 1's
-    (``theory.counterexample.for_report``) with where it comes from."""
+    figure fails (unless ``keep_going_figures``), else 0. ``counterexample`` gives Theorem 1's
+    counterexample and where it comes from (``theory.counterexample.for_report``); it is called
+    after the paths and the grid are checked."""
     runs, out = default_paths(preset, runs, out)
     if not Path(runs).is_dir():
         hint = (f"run the workflow first: snakemake --cores 2 --config preset={preset}"
@@ -47,12 +49,12 @@ def main(runs=None, out=None, grid=None, preset=None, no_figures: bool = False,
         if preset:
             rgrid.load_preset(preset)  # validated: a typo fails here, not silently
         expected = expected_from_grid(grid)
+    cex, cex_source = counterexample() if counterexample else (None, "")
 
     def make(cfg, on_log=None):
         res = build_report(runs, out, expected, figures=cfg["figures"],
                            keep_going_figures=cfg["keep_going_figures"],
-                           counterexample=counterexample,
-                           counterexample_source=counterexample_source)
+                           counterexample=cex, counterexample_source=cex_source)
         if compare:
             res["compare"] = compare_reports(runs, compare, Path(out) / "compare", expected)
         return {k: v if isinstance(v, int) else len(v) for k, v in res.items()
