@@ -108,6 +108,10 @@ def test_fid_without_weights_fails_at_validation(monkeypatch, tmp_path, capsys):
     with pytest.raises(config.ConfigError) as e:  # Inception metrics need images
         config.stage_config("evaluate", "smoke", ["fid=true"])
     assert e.value.field == "evaluate.data.name"
+    # digits are images in their image layout: the layout is named, not the dataset
+    with pytest.raises(config.ConfigError) as e:
+        config.stage_config("evaluate", "smoke", ["fid=true", "data.name=digits"])
+    assert e.value.field == "evaluate.data.layout" and "allowed: image" in str(e.value)
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.stage_config("evaluate", "mnist_smoke", ["fid=true",
                                                         f"inception_weights={tmp_path}/no.pt"])

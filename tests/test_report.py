@@ -328,6 +328,16 @@ def test_markdown_tables_fit_100_columns(wf, tmp_path):
     assert sum(p.count("| value") + p.count(" value") for p in parts) >= 30
 
 
+def test_local_figure_expected_only_with_the_local_audit():
+    """``local_<dataset>`` plots the per-window audit: with ``audit.local: false`` evaluate
+    records none, so no such figure (and no placeholder) is expected."""
+    toy = {"data": {"name": "8gaussians"}}
+    assert "local" in layout.dataset_kinds({**toy, "audit": {"enabled": True, "local": True}})
+    assert "local" not in layout.dataset_kinds({**toy, "audit": {"enabled": True,
+                                                                 "local": False}})
+    assert "local" not in layout.dataset_kinds({**toy, "audit": {"enabled": False}})
+
+
 def test_every_figure_is_written(wf):
     stems = layout.expected_stems(wf["jobs"])
     kinds = {f["kind"] for f in layout.expected_figures(wf["jobs"])}

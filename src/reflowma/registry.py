@@ -53,8 +53,8 @@ def load_plugins() -> None:
     if _scanned[0]:
         return
     _scanned[0] = True
-    # importlib.metadata (tens of ms): on the first scan, not on `reflowma --help` or the
-    # workflow's parse, which import this module
+    # importlib.metadata (tens of ms): on the first lookup (the first config checked), not on
+    # import of this module (`reflowma --help` imports it)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -117,9 +117,9 @@ def slurm_resources(rule_name):
 # The trap keeps Snakemake's own shell alive when Slurm signals every process of the job, so
 # the script can requeue the job before the job step ends.
 # job.sh writes the rule's log itself (appending after a requeue), so rules do not redirect.
-# A rule's constants (ranks, threads per rank, the records folder) are written into the
-# command's text instead of params: no per-job evaluation, and a change of one still reruns the
-# rule's jobs (Snakemake's code trigger compares the command's text).
+# A rule's constants (ranks, threads per rank, the records folder) are in the command's text:
+# nothing is evaluated per job, and Snakemake's code trigger reruns the rule's jobs when one
+# changes (it compares the command's text).
 def job_cmd(stage, rule_nproc=None):
     ranks = nproc(stage) if rule_nproc is None else rule_nproc
     return (

@@ -34,6 +34,10 @@ def main(argv: list[str]) -> int:
               "see docs/workflow.md)")
         return 0
     sys.stdout.write(res.stdout + res.stderr)
+    if not titles:  # no lint reported: the workflow did not parse, or snakemake itself failed
+        print(f"snakemake --lint failed (exit {res.returncode}) before linting: see above",
+              file=sys.stderr)
+        return 1
     print(f"snakemake --lint: {len(other)} lint(s) besides the accepted one: "
           f"{sorted(set(other))}", file=sys.stderr)
     return 1

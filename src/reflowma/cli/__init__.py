@@ -1,10 +1,10 @@
 """Command line: ``reflowma <stage> --params PRESET --out PATH [key=value ...]``.
 
-Stages: teacher, couplings, reflow, evaluate (plus ``report`` and ``theory``). Params are
-validated before any work; errors print one line naming the field and exit with code 2 (so do
-the other input checks: ``InputError``, unreadable checkpoints or couplings, missing input
-files); any other exception is a bug and exits 1 with its traceback. An
-interrupted job (SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a
+Stages: teacher, couplings, reflow, evaluate, classifier (plus ``report``, ``describe`` and
+``theory``). Params are validated before any work; errors print one line naming the field and
+exit with code 2 (so do the other input checks: ``InputError``, unreadable checkpoints or
+couplings, missing input files); any other exception is a bug and exits 1 with its traceback.
+An interrupted job (SIGTERM/SIGINT) saves its state and exits with 128 + signal number; a
 non-finite loss exits 3.
 
 The commands are two tables: ``stages.STAGES`` (the pipeline stages: the function each runs on
@@ -119,9 +119,6 @@ def _params_in(argv) -> str:
 class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at each record, so Sacred's output capture sees the
     log."""
-
-    def __init__(self):
-        super().__init__()
 
     @property
     def stream(self):

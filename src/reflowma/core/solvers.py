@@ -71,7 +71,8 @@ def solve(v, x0: torch.Tensor, times, steps: int, method: str = "euler", grad: b
         raise ValueError(f"unknown solver {method!r}; allowed: {', '.join(METHODS)}")
     grid = time_grids.uniform(times, steps) if grid is None else grid
     if len(grid) != len(times) - 1:
-        raise ValueError(f"a step grid of {len(grid)} segments for {len(times)} times")
+        raise ValueError(f"a step grid of {len(grid)} segments for {len(times)} times: it needs "
+                         f"one segment per interval, len(times) - 1 = {len(times) - 1}")
     out = [x0]
     x = x0
     ctx = contextlib.nullcontext() if grad else torch.no_grad()

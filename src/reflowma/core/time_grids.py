@@ -5,8 +5,8 @@ A step grid holds, for each segment ``[a, b]`` of a list of stored times (e.g. t
 state at the end of every segment, so every grid here steps exactly onto each stored time.
 
 * ``uniform``: ``max(1, round(steps * (b - a)))`` equal steps per segment.
-* ``warped(warp, ...)``: steps uniform in a warped time ``u = warp.inverse(t)``: per segment
-  ``n = max(1, round(steps * (u_b - u_a)))`` steps at ``t = warp(u_a + j (u_b - u_a) / n)``,
+* ``warped(times, steps, warp)``: steps uniform in a warped time ``u = warp.inverse(t)``: per
+  segment ``n = max(1, round(steps * (u_b - u_a)))`` steps at ``t = warp(u_a + j (u_b - u_a) / n)``,
   the last one ending on ``b``. ``steps`` is then the number of steps over the unit u-interval.
 
   - ``power(rho)``: ``t = 1 - (1 - u)^rho``; rho > 1 puts the steps near the data end t = 1,
@@ -21,11 +21,11 @@ state at the end of every segment, so every grid here steps exactly onto each st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-NAMES = ("uniform", "power", "fitted")
 # order p of each fixed-step method (local error O(h^(p + 1)))
 ORDER = {"euler": 1, "heun": 2, "rk4": 4, "rk38": 4}
 
@@ -44,8 +44,8 @@ def uniform(times, steps: int) -> list[list[tuple[float, float]]]:
 class Warp:
     """A monotone map ``t = warp(u)`` of [0, 1] onto itself and its inverse, both on floats."""
 
-    forward: object
-    inverse: object
+    forward: Callable[[float], float]
+    inverse: Callable[[float], float]
 
     def __call__(self, u: float) -> float:
         return self.forward(u)

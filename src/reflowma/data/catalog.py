@@ -153,6 +153,10 @@ def labelled_images_problem(data: dict, what: str,
 def images_problem(data: dict, what: str) -> tuple[str, str] | None:
     """Whether ``what`` (a metric of images ``[C, H, W]``) can use this dataset."""
     if image_layout(data) is False:
-        return "name", (f"{data['name']!r} (layout {data.get('layout')!r}): {what} needs "
+        d = DECLARED[data["name"]]
+        layout = data.get("layout") or d.layout
+        if "image" in d.layouts:  # the dataset has images: its layout is what to change
+            return "layout", (f"{layout!r}: {what} needs images [C, H, W]; allowed: image")
+        return "name", (f"{data['name']!r} (layout {layout!r}): {what} needs "
                         f"images [C, H, W]: {image_sets_text(last='or ')}")
     return None

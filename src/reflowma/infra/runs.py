@@ -19,11 +19,10 @@ import pandas as pd
 
 from reflowma.evaluation.spec import dig
 from reflowma.infra import grid as rgrid
-from reflowma.infra.grid import ALIASES
 
 STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED", "RUNNING", "QUEUED", "TIMEOUT")
 # Config fields flattened into columns (dotted path -> column); grid axes use the grid's aliases.
-CONFIG_COLUMNS = {"K": "K", **ALIASES}
+CONFIG_COLUMNS = {"K": "K", **rgrid.ALIASES}
 COLUMNS = ["run_id", "run_dir", "stage", "job", "status", "start_time", "stop_time", "heartbeat",
            "commit", "dirty", "host", "seed", "dataset", "point", *CONFIG_COLUMNS.values(),
            "out", "inputs", "error", "config", "info", "metrics", "result"]

@@ -114,8 +114,7 @@ def recorded(stage: str, cfg: dict, fn, runs_dir, job: str, attach=(), info=None
         _run.info.update({"job": job, "stage": stage, "packages": packages,
                           "params_dir": params_dir, **(info or {})})
         # write info.json at the run's start, not at the first heartbeat (10 s in): a job killed
-        # outright
-        # (SIGKILL, OOM, node failure) still leaves a record that names the job
+        # outright (SIGKILL, OOM, node failure) still leaves a record that names the job
         if hasattr(_run, "_emit_heartbeat"):
             _run._emit_heartbeat()
 

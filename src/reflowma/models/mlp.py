@@ -4,9 +4,10 @@ A time shared by the whole batch (a 0-dim t, or a stride-0 expansion such as
 ``solvers.time_vector`` makes on every ODE step) is embedded once and broadcast. Without
 autograd (the ODE solves of couplings and evaluation), a shared time goes further: its part
 of the first layer is folded into that layer's bias once per call (``W_t e(t) + b``, one row),
-so the batch's first product has ``dim`` inputs instead of ``dim + time_embed_dim``, and the
-activations run in place. The result equals the one with autograd to float rounding (the first
-layer's sum is associated differently: relative differences of order 1e-7 in float32).
+so the batch's first product has ``dim`` inputs instead of ``dim + time_embed_dim``. Without
+autograd the activations run in place, shared time or not. The result equals the one with
+autograd to float rounding (the first layer's sum is associated differently: relative
+differences of order 1e-7 in float32).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ tangents) and ``J eps`` (one tangent per probe; ``series``: n chained tangents) 
 together with ``v(x)``, with no double backward. Other networks (the UNet) take ``exact`` and
 ``trace`` by the generic ``torch.func`` forward mode too (d tangents in one batched pass: on
 an 8x8 UNet about 10x faster than d sequential VJPs on the CPU), and ``hutchinson``/``series``
-by the reverse-mode ``logdet_*`` (one VJP per probe and power, with ``create_graph``): not
-every kernel (e.g. fused attention on CUDA) has a forward-mode formula, and those are the
-modes for large d.
+by the reverse-mode ``logdet_*`` (one VJP per probe and power, with ``create_graph``; the
+loss's backward goes through it again). Forward mode on such a network runs attention on the
+math backend (``autodiff.velocity_jvp``); the reverse mode keeps the network's own kernels.
 
 ``regularizer.discrepancy`` picks the term: ``reverse_kl`` (the surrogate above, the paper's) or
 a sample discrepancy (``mmd``, ``sliced_w2``, ``sinkhorn``; ``SampleDiscrepancy``) between the

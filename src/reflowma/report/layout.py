@@ -18,14 +18,15 @@ def file_stem(name: str) -> str:
 
 def dataset_kinds(evaluate_cfg: dict) -> list[str]:
     """The figure kinds particular to a dataset, from its evaluate config (whatever the grid
-    calls the dataset): ``local`` where the marginal audit is on; ``samples`` for 2D toys and
-    point files (a placeholder says so where a file has more than 2 dimensions); ``images``
-    where the samples are images (``data.catalog.image_layout``: mnist, cifar10, the user's
-    ``images``, digits with ``layout: image``)."""
+    calls the dataset): ``local`` where the marginal audit and its local terms are on;
+    ``samples`` for 2D toys and point files (a placeholder says so where a file has more than 2
+    dimensions); ``images`` where the samples are images (``data.catalog.image_layout``: mnist,
+    cifar10, the user's ``images``, digits with ``layout: image``)."""
     data = evaluate_cfg.get("data") or {}
     name = data.get("name")
     kinds = []
-    if (evaluate_cfg.get("audit") or {}).get("enabled", True):
+    audit = evaluate_cfg.get("audit") or {}
+    if audit.get("enabled", True) and audit.get("local", True):
         kinds.append("local")
     if name in TOYS or name == "file":
         kinds.append("samples")

@@ -88,9 +88,10 @@ def run(cfg: dict, teacher_path, out_path) -> dict:
     if done and writer is not None:
         log.info("couplings: resuming %s at chunk %d/%d", writer.tmp, done,
                  sum(n for _, n in plan.values()))
-    log.info("couplings: %d train + %d test pairs, %s with %d steps (%s grid), times %s",
-             cfg["n_train"], cfg["n_test"], cfg["solver"], cfg["steps"], cfg["time_grid"],
-             attrs["times"])
+    stepping = (f"rtol {cfg['rtol']:g}, atol {cfg['atol']:g}" if cfg["solver"] == "dopri5"
+                else f"{cfg['steps']} steps ({cfg['time_grid']} grid)")
+    log.info("couplings: %d train + %d test pairs, %s with %s, times %s",
+             cfg["n_train"], cfg["n_test"], cfg["solver"], stepping, attrs["times"])
 
     def solve_chunk(split: str, c: int):
         n = min(cfg["chunk_size"], counts[split] - c * cfg["chunk_size"])

@@ -326,9 +326,11 @@ def logdet_section(cfg, student_b, ends, K) -> dict:
                                  rows=cfg.get("batch_size"), dev=student_b.dev)
     for w in out["windows"]:
         e = w["estimators"]
-        log.info("evaluate: log-det window %d: exact %.4g, first order %.4g (gap %.3g), "
-                 "spectral radius median %.3g", w["k"], w["exact"], e["first_order"]["mean"],
-                 e["first_order"]["gap_rel"] or float("nan"), w["spectral_radius_median"])
+        rel = e["first_order"]["gap_rel"]
+        log.info("evaluate: log-det window %d: exact %.4g, first order %.4g (relative gap "
+                 "%.3g), spectral radius median %.3g", w["k"], w["exact"],
+                 e["first_order"]["mean"], float("nan") if rel is None else rel,
+                 w["spectral_radius_median"])
     return out
 
 

@@ -37,7 +37,7 @@ def fig_local(long: pd.DataFrame, dataset: str, methods, out_dir: Path) -> list[
     loc = d[d["metric"].str.match(r"local_kl_w\d+$")]
     if loc.empty:
         raise NoData(f"no local audit of {dataset} in the evaluate records "
-                     "(evaluate.audit.enabled is false?)")
+                     "(evaluate.audit.enabled or evaluate.audit.local is false?)")
     labels, colors = short_labels(methods), palette(methods)
     present = [m for m in methods if m in set(loc["method"])]
     loc = loc.assign(window=[int(s.rsplit("w", 1)[1]) for s in loc["metric"]],
