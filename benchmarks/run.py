@@ -94,7 +94,6 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 def _trained_teacher(preset: str, overrides, tmp: Path):
     """The preset's teacher, trained by the teacher stage (``overrides`` on its config) in
     ``tmp``, loaded as the couplings stage loads it."""
-
     out = tmp / f"teacher_{preset}"
     teacher.run(config.stage_config("teacher", preset, overrides), out)
     return load_model(out / "teacher.pt", "teacher")[0]
@@ -107,7 +106,6 @@ def _chunked(fn, z, chunk: int):
 
 def _net_call_fraction(net, z, times, steps: int, repeats: int, chunk: int) -> float:
     """Median over ``repeats`` chunked rk38 solves of (seconds inside ``net``) / (solve seconds)."""
-
     calls, fracs = [], []
 
     def timed(x, t):
@@ -129,7 +127,6 @@ def _gemm_parts(net, rows, chunk: int, repeats: int) -> dict:
     """Seconds of the net's matrix products alone (its weights, the shapes one evaluation
     multiplies chunk by chunk: the first layer with its 2 data inputs, the time part folded
     into the bias; preallocated outputs) and of its in-place activations alone."""
-
     sizes = [b for b in [chunk] * (rows // chunk) + [rows % chunk] if b]
     lins = [m for m in net.net if isinstance(m, torch.nn.Linear)]
     ws = [lins[0].weight[:, :net.dim].t()] + [lin.weight.t() for lin in lins[1:]]
@@ -169,8 +166,6 @@ def bench_couplings(args) -> dict:
       solve; ``mlp_fast_path_gain``: the MLP's forward with autograd's general path (per-row
       time, activations out of place) over its inference path, in the solve.
     """
-
-
     base = config.stage_config("couplings")
     chunk, ref_steps = base["chunk_size"], base["steps"]
     times = interpolant.union_grid(base["windows"])
@@ -204,9 +199,10 @@ def bench_couplings(args) -> dict:
         unet, zi, "mnist", [1, 2, ms, 2 * ms] if args.quick else list(range(1, 2 * ms + 1)), ms,
         [1, 2] if args.quick else [x / 2 for x in range(2, 11)])
     figure = Path(args.out).with_name("couplings_nfe.png")
-    couplings_nfe.figure({"toy teacher (MLP)": nfe["toy"],
-               f"toy teacher, time_max_freq {SMOOTH_TIME_MAX_FREQ:g}": nfe["toy_smooth_time"],
-               "mnist UNet": nfe["mnist_unet"]}, figure)
+    couplings_nfe.figure(
+        {"toy teacher (MLP)": nfe["toy"],
+         f"toy teacher, time_max_freq {SMOOTH_TIME_MAX_FREQ:g}": nfe["toy_smooth_time"],
+         "mnist UNet": nfe["mnist_unet"]}, figure)
 
     # the headline option at the reference's error, timed against the reference (same chunks)
     head = nfe["toy"]["equal_error"][HEADLINE]
@@ -281,8 +277,6 @@ def _time_embedding(nfe: dict, nets: dict, times, ref_steps: int, n: int) -> dic
     teacher's NFE at its default steps over that. ``teacher_w2_data``: W2 of each teacher's
     samples (rk38 at the default steps) to as many data draws, beside two data draws' W2 (the
     floor at this n): both teachers fit the data equally, or the saving is no like for like."""
-
-
     point = nfe["toy"]["reference_point"]
     smooth_reference = nfe["toy_smooth_time"]["curves"][couplings_nfe.REFERENCE]
     n_smooth = couplings_nfe.robust_nfe(smooth_reference, point["target"])
@@ -306,8 +300,6 @@ def _time_embedding(nfe: dict, nets: dict, times, ref_steps: int, n: int) -> dic
 def _couplings_unet(args, net) -> dict:
     """The mnist UNet teacher: images/s of the project's rk38 against torchdiffeq's fixed-grid
     rk4 (the same tableau: equal NFE and error) on the mnist couplings' steps, whole batch."""
-
-
     steps = config.stage_config("couplings", "mnist")["steps"]
     n = 16 if args.quick else 128
     z = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -336,7 +328,6 @@ def _reg_parts(cfg: dict, v, teacher, ends, repeats: int) -> dict:
     """Seconds of the regularizer term's forward alone (the surrogate: the student's pass with
     its tangents or VJPs, and the teacher's score) and of the teacher's score alone, at the
     alignment batch: with the step times, the share of the extra cost in each part."""
-
     ctx = objectives.Context(ends, cfg["K"], torch.device("cpu"), teacher, cfg["train"]["steps"])
     term = next(t for t in objectives.build(cfg, ctx).terms if t.key == "reg")
     gen = torch.Generator().manual_seed(0)
@@ -383,8 +374,6 @@ def saved_mb(step) -> float:
 
 
 def bench_step(args) -> dict:
-
-
     out = {}
     for tag, preset, shape, modes in STEP_CASES:
         base = config.stage_config("reflow", preset)
@@ -503,7 +492,6 @@ def bench_dag(args) -> dict:
     (``dag_build.FLOOR_SNAKEFILE``), interleaved ``repeats`` times (3 at most: a 10k-job dry
     run takes tens of seconds): medians of the wall time, and of the CPU time, which a loaded
     machine distorts least. ``jobs_10k_vs_floor``: the wall-time ratio (the headline)."""
-
     out = {}
     reps = 1 if args.quick else min(3, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
